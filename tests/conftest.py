@@ -1,0 +1,26 @@
+"""Test configuration: 8 CPU devices for sharding tests, set before jax is imported."""
+
+import os
+from pathlib import Path
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The real public samples sit at ../shared beside the checkout (and in CI).
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Path of ../shared/data; tests that need it are skipped only where it does not exist."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real public samples not found at {SHARED_DATA}")
+    return SHARED_DATA
