@@ -10,6 +10,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Keep `datasets`' Arrow cache and the harness's token cache out of the user's home.
+import tempfile  # noqa: E402
+
+_CACHE_ROOT = tempfile.mkdtemp(prefix="harness-tests-")
+os.environ.setdefault("HF_DATASETS_CACHE", os.path.join(_CACHE_ROOT, "hf_datasets"))
+os.environ.setdefault("HARNESS_CACHE", os.path.join(_CACHE_ROOT, "harness"))
 
 import pytest  # noqa: E402
 

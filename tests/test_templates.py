@@ -84,7 +84,6 @@ def test_any_content_is_covered_and_merges_are_counted(name, tok, turns):
     """Content starting with anything: every trained turn's text lies inside its trained tokens."""
     messages = [m for u, a in turns for m in (Message("user", u), Message("assistant", a))]
     tokenized = tokenize_example(Example("x", "t", tuple(messages)), name, tok)
-    ids, offsets = tok.encode_with_offsets(render_conversation(name, messages, tok).text)
     runs = trained_runs(tokenized.loss_mask)
     assert len(runs) == len(turns)
     merged = 0
@@ -234,3 +233,25 @@ def test_bad_inputs(tok):
     no_template.chat_template = None
     with pytest.raises(ConfigError, match="no chat_template"):
         get_template("tokenizer", no_template)
+
+
+def test_inspect_json_lines(tok, tmp_path):
+    import io
+    import json
+
+    from harness.data.inspect_cmd import inspect
+
+    data = tmp_path / "si.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"Say {w}", "input": "", "output": w}) + "\n"
+                            for w in ("hello", "world", "again")))
+    tok.save(tmp_path / "tok")
+    out = io.StringIO()
+    records = inspect(f"self_instruct:{data}", "survey", str(tmp_path / "tok"), n=2, json=True, out=out)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert lines == records and len(lines) == 2
+    assert lines[0]["trained_text"] == "hello</s>" and lines[1]["trained_text"] == "world</s>"
+    assert set(lines[0]) >= {"id", "source", "text", "input_ids", "loss_mask", "trained_text"}
+    assert tok.decode(lines[0]["input_ids"]) == lines[0]["text"]
+    pretty = io.StringIO()
+    inspect(f"self_instruct:{data}", "chatml", str(tmp_path / "tok"), n=1, out=pretty)
+    assert "tokens" in pretty.getvalue() and "trained" in pretty.getvalue()

@@ -17,10 +17,10 @@ import typer
 from harness.errors import ConfigError
 
 
-def _expand(spec_path: str, only: list[str]):
-    from harness.grid.spec import expand, load_grid_spec, parse_only, select_cells
+def _expand(spec_path: str, only: list[str], params: list[str]):
+    from harness.grid.spec import expand, load_grid_spec, parse_only, parse_params, select_cells
 
-    loaded = load_grid_spec(spec_path)
+    loaded = load_grid_spec(spec_path, parse_params(params))
     cells = expand(loaded)
     selected = select_cells(cells, parse_only(only, loaded)) if only else cells
     if only and not selected:
@@ -45,7 +45,7 @@ def _dry_run(loaded, cells, selected, as_json: bool, plan: bool) -> None:
                               "baseline": cell.baseline, "is_baseline": cell.is_baseline,
                               "notes": cell.notes}, sort_keys=False))
         return
-    memory = plan_memory(selected) if plan else {c.id: "-" for c in selected}
+    memory = plan_memory(selected, loaded.spec.plan_model) if plan else {c.id: "-" for c in selected}
     labels_of = {c.id: c.label_text() for c in cells}
     rows = []
     for cell in selected:
@@ -59,10 +59,10 @@ def _dry_run(loaded, cells, selected, as_json: bool, plan: bool) -> None:
     _print_table(rows)
 
 
-def _status(spec_path: str, only: list[str], runs_dir: Optional[Path], as_json: bool) -> None:
+def _status(spec_path: str, only: list[str], params: list[str], runs_dir: Optional[Path], as_json: bool) -> None:
     from harness.grid.status import grid_status
 
-    loaded, _, selected = _expand(spec_path, only)
+    loaded, _, selected = _expand(spec_path, only, params)
     rows = grid_status(loaded, selected, loaded.runs_dir(runs_dir))
     if as_json:
         for row in rows:
@@ -85,6 +85,7 @@ def register(app: typer.Typer) -> None:
         dry_run: bool = typer.Option(False, "--dry-run", help="expand and validate; print the cells"),
         as_json: bool = typer.Option(False, "--json", help="one JSON object per cell"),
         only: list[str] = typer.Option([], "--only", help="AXIS=LABEL (repeatable): run only matching cells"),
+        param: list[str] = typer.Option([], "--param", help="NAME=VALUE for a spec parameter (repeatable)"),
         executor: str = typer.Option("local", "--executor", help="local | slurm"),
         runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="run directories (default: spec's runs_dir)"),
         out: Optional[Path] = typer.Option(None, "--out", help="tables and plots (default: results/<grid>)"),
@@ -99,13 +100,13 @@ def register(app: typer.Typer) -> None:
         if arguments[0] == "status":
             if len(arguments) != 2:
                 raise ConfigError("usage: harness grid status SPEC")
-            _status(arguments[1], only, runs_dir, as_json)
+            _status(arguments[1], only, param, runs_dir, as_json)
             return
         if len(arguments) != 1:
             raise ConfigError(f"usage: harness grid SPEC (got {' '.join(arguments)})")
         if executor not in ("local", "slurm"):
             raise ConfigError(f"--executor {executor!r}: choose local or slurm")
-        loaded, cells, selected = _expand(arguments[0], only)
+        loaded, cells, selected = _expand(arguments[0], only, param)
         if dry_run:
             _dry_run(loaded, cells, selected, as_json, plan)
             return

@@ -28,9 +28,10 @@ def register(app: typer.Typer) -> None:
         cols: list[str] = typer.Option([], "--cols", help="pivot columns: axes or config.<key>"),
         metric: Optional[str] = typer.Option(None, "--metric", help="pivot value: mmlu, bbh, winrate, final_loss ..."),
         runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="with a spec: where its runs are"),
+        param: list[str] = typer.Option([], "--param", help="with a spec: NAME=VALUE for a spec parameter"),
         plots: bool = typer.Option(True, "--plots/--no-plots", help="also write plots/<metric>.png/.svg"),
     ) -> None:
-        from harness.grid.spec import TableSpec, expand, load_grid_spec
+        from harness.grid.spec import TableSpec, expand, load_grid_spec, parse_params
         from harness.results.report import build_table, frame_for_cells, write_tables
         from harness.results.store import load_runs
         from harness.results.tables import FORMATS, render
@@ -44,7 +45,7 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError(f"{source}: no run directories found")
             table_spec, title, out_dir = TableSpec(), source.name, out
         elif source.is_file():
-            loaded = load_grid_spec(source)
+            loaded = load_grid_spec(source, parse_params(param))
             frame = frame_for_cells(expand(loaded), loaded.runs_dir(runs_dir))
             table_spec, title, out_dir = loaded.spec.table, loaded.name, loaded.out_dir(out)
         else:

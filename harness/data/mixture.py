@@ -225,7 +225,11 @@ def draw(examples: Sequence[Example], count: int, rng: np.random.Generator, upsa
 
 
 def mix(named: Mapping[str, Sequence[Example]], config: MixtureConfig) -> MixtureResult:
-    """Mix in-memory sources (keyed by ``SourceSpec.label``) under ``config``; pure and seeded."""
+    """Mix in-memory sources (keyed by ``SourceSpec.label``) under ``config``; pure and seeded.
+
+    The result holds the very ``Example`` objects of ``named`` (repeated when up-sampled), never
+    copies, so a caller can map each back to its source and index by identity.
+    """
     missing = [s.label for s in config.sources if s.label not in named]
     if missing:
         raise ConfigError(f"mixture sources not provided: {missing}")

@@ -144,13 +144,18 @@ class EvalLM:
         return results  # type: ignore[return-value]
 
     def rolling_loglikelihood(self, documents: list[list[int]]) -> list[float]:
-        """Total log-likelihood of each token sequence, in windows of the model's length."""
+        """Total log-likelihood of each token sequence (first token scored after BOS/pad).
+
+        Long sequences are scored in windows of half the model's length, each conditioned on
+        the tokens before it up to the model's length, so every token is scored exactly once.
+        """
+        step = max(1, self.max_length // 2)
         requests, owners = [], []
         for index, ids in enumerate(documents):
-            step = self.max_length - 1
             for start in range(0, len(ids), step):
-                context = ids[max(0, start - 1): start] if start else []
-                requests.append((context, ids[start:start + step]))
+                target = ids[start:start + step]
+                context = ids[max(0, start - (self.max_length - len(target))):start]
+                requests.append((context, target))
                 owners.append(index)
         totals = [0.0] * len(documents)
         for owner, (logprob, _) in zip(owners, self.loglikelihood(requests, desc="rolling")):

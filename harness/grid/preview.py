@@ -54,9 +54,12 @@ def cell_steps(config: dict[str, Any]) -> str:
     return f"{epochs:g} ep" if isinstance(epochs, (int, float)) else "-"
 
 
-def plan_arguments(config: dict[str, Any]) -> list[str] | None:
-    """The ``harness plan`` flags for a cell's model, mesh, batch, length and PEFT (None: unknown)."""
-    model = _get(config, "model.init")
+def plan_arguments(config: dict[str, Any], plan_model: str | None = None) -> list[str] | None:
+    """The ``harness plan`` flags for a cell's model, mesh, batch, length and PEFT (None: unknown).
+
+    ``plan_model`` names a preset with the architecture of an ``hf:`` / ``gguf:`` init.
+    """
+    model = plan_model or _get(config, "model.init")
     seq_len = _get(config, "data.max_length")
     batch = _get(config, "train.global_batch")
     if not isinstance(model, str) or ":" in model or not isinstance(seq_len, int) or not isinstance(batch, int):
@@ -83,14 +86,14 @@ def plan_available() -> bool:
             and importlib.util.find_spec("harness.commands.plan") is not None)
 
 
-def plan_memory(cells: list[Cell]) -> dict[str, str]:
+def plan_memory(cells: list[Cell], plan_model: str | None = None) -> dict[str, str]:
     """Cell id -> per-device total bytes from ``harness plan`` (GiB text, or '-')."""
     memory = {c.id: "-" for c in cells}
     if not plan_available():
         return memory
     cache: dict[tuple[str, ...], str] = {}
     for cell in cells:
-        args = plan_arguments(cell.config)
+        args = plan_arguments(cell.config, plan_model)
         if args is None:
             continue
         key = tuple(args)

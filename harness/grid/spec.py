@@ -14,6 +14,7 @@ import copy
 import hashlib
 import itertools
 import json
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +89,13 @@ class IncludeSpec(_Strict):
     overrides: dict[str, Any] = Field(default_factory=dict)
 
 
+class ParamSpec(_Strict):
+    """A value the user supplies (``--param NAME=VALUE``), substituted for ``${NAME}`` in the spec."""
+
+    help: str = ""
+    default: str | None = None
+
+
 class GridSpec(_Strict):
     """The parsed grid file (see the module docstring)."""
 
@@ -102,6 +110,8 @@ class GridSpec(_Strict):
     slurm: SlurmSpec = Field(default_factory=SlurmSpec)
     table: TableSpec = Field(default_factory=TableSpec)
     notes: dict[str, dict[str, str]] = Field(default_factory=dict, description="axis -> label -> note")
+    params: dict[str, ParamSpec] = Field(default_factory=dict, description="user-supplied ${NAME} values")
+    plan_model: str | None = Field(None, description="preset of the init's architecture for --dry-run's memory plan")
     runs_dir: str = "runs"
     out: str | None = None
 
@@ -145,8 +155,12 @@ class Cell:
         return ",".join(f"{k}={v}" for k, v in self.labels.items())
 
 
-def load_grid_spec(path: str | Path) -> LoadedSpec:
-    """Read and validate a grid YAML file; every error names the file and the key."""
+def load_grid_spec(path: str | Path, params: dict[str, str] | None = None) -> LoadedSpec:
+    """Read and validate a grid YAML file; every error names the file and the key.
+
+    ``${assets}`` (the package's assets folder), ``${spec_dir}`` and the spec's declared
+    ``params`` (values from ``params``, else their default) are substituted in every string.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"grid spec not found: {path}")
@@ -154,13 +168,41 @@ def load_grid_spec(path: str | Path) -> LoadedSpec:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a grid spec is a mapping with base, axes, compare ...")
     try:
-        spec = GridSpec.model_validate(raw)
+        declared = GridSpec.model_validate(raw).params
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"{path}: {problems}") from None
+    given = dict(params or {})
+    unknown = sorted(set(given) - set(declared))
+    if unknown:
+        raise ConfigError(f"{path}: unknown parameter {unknown[0]!r} (declared: {', '.join(declared) or 'none'})")
+    variables = {"assets": str(ASSETS_DIR), "spec_dir": str(path.parent.resolve())}
+    for name, param in declared.items():
+        value = given.get(name, param.default)
+        if value is None:
+            raise ConfigError(f"{path}: parameter {name!r} is required: pass --param {name}=VALUE ({param.help})")
+        variables[name] = _substitute(value, {"assets": variables["assets"], "spec_dir": variables["spec_dir"]})
+    substituted = _substitute(raw, variables)
+    leftover = sorted(set(re.findall(r"\$\{([^}]*)\}", json.dumps(substituted))))
+    if leftover:
+        raise ConfigError(f"{path}: unknown variable ${{{leftover[0]}}} (known: {', '.join(variables)})")
+    spec = GridSpec.model_validate(substituted)
     return LoadedSpec(spec=spec, path=path, name=spec.name or path.stem)
+
+
+def parse_params(items: Iterable[str]) -> dict[str, str]:
+    """``--param NAME=VALUE`` flags into a dict (a name given twice is an error)."""
+    params: dict[str, str] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--param {item!r}: expected NAME=VALUE")
+        name, value = item.split("=", 1)
+        if name in params:
+            raise ConfigError(f"--param {name!r} is given twice")
+        params[name.strip()] = value
+    return params
 
 
 def _substitute(value: Any, variables: dict[str, str]) -> Any:
@@ -312,28 +354,37 @@ def _resolve_cell(
     try:
         return resolver(merged)
     except ConfigError as exc:
-        culprit = _find_culprit(loaded, base, sources, resolver)
+        culprit = _find_culprit(loaded, base, sources, resolver, str(exc))
         label_text = ",".join(f"{k}={v}" for k, v in labels.items())
         raise ConfigError(f"{loaded.path}: cell {label_text}{culprit}: {exc}") from None
 
 
-def _find_culprit(loaded: LoadedSpec, base: dict, sources: list[str], resolver: Resolver) -> str:
-    """Name the base or the single override set that is invalid on its own, when there is one."""
-    try:
-        resolver(base)
-    except ConfigError:
-        return " (in base)"
-    spec = loaded.spec
-    for where in sources:
-        if where.startswith("axes."):
-            _, axis, label = where.split(".", 2)
-            override = spec.axes[axis][label] or {}
-        else:
-            override = spec.include[int(where[len("include[") : -1])].overrides
-        try:
-            resolver(deep_merge(base, nest_overrides(override, where)))
-        except ConfigError:
+def _override_set(loaded: LoadedSpec, where: str) -> dict[str, Any]:
+    if where.startswith("axes."):
+        _, axis, label = where.split(".", 2)
+        return loaded.spec.axes[axis][label] or {}
+    return loaded.spec.include[int(where[len("include[") : -1])].overrides
+
+
+def _dotted_keys(value: dict[str, Any], prefix: str = "") -> set[str]:
+    keys = set()
+    for key, child in value.items():
+        dotted = f"{prefix}{key}"
+        keys.add(dotted)
+        if isinstance(child, dict):
+            keys |= _dotted_keys(child, dotted + ".")
+    return keys
+
+
+def _find_culprit(loaded: LoadedSpec, base: dict, sources: list[str], resolver: Resolver, message: str) -> str:
+    """Name the override set (else the base) that sets a key the error message names."""
+    named = set(re.findall(r"'([A-Za-z0-9_.\-]+)'", message))
+    named |= {re.sub(r"\.\d+(?=\.|$)", "", key) for key in named}  # list indices: mixture.sources.0
+    for where in reversed(sources):  # later override sets win, so blame them first
+        if named & _dotted_keys(nest_overrides(_override_set(loaded, where), where)):
             return f" (from {where})"
+    if named & _dotted_keys(base):
+        return " (in base)"
     return ""
 
 
@@ -344,11 +395,9 @@ def expand(loaded: LoadedSpec, resolver: Resolver | None = None) -> list[Cell]:
     an unknown key or a wrong type; the default is ``harness.config``'s.
     """
     resolver = resolver or resolve_run_config
-    variables = {"assets": str(ASSETS_DIR), "spec_dir": str(loaded.spec_dir.resolve())}
-    base = _substitute(_base_config(loaded), variables)
+    base = _base_config(loaded)
     cells: list[Cell] = []
     for labels, overrides, sources in _label_combinations(loaded):
-        overrides = _substitute(overrides, variables)
         config = _resolve_cell(loaded, base, labels, overrides, sources, resolver)
         notes = [
             loaded.spec.notes[axis][label]

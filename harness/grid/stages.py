@@ -92,6 +92,47 @@ def prepare_cell(run_dir: Path, cell_id: str, labels: dict[str, str], config: di
         rundir.update_grid_record(run_dir, **wanted)
 
 
+DATA_STATS = "data_stats.json"
+
+
+def write_data_stats(run_dir: Path) -> None:
+    """``data_stats.json``: the realised mixture's instance count and lexical diversity (MTLD).
+
+    The survey's #Instances and lexical-diversity columns describe the training mixture, so they
+    are measured on exactly the examples the cell's mixture config yields (``build_mixture``).
+    """
+    from harness.config import run_config_from_dict
+    from harness.data.diversity import lexical_diversity
+    from harness.data.mixture import build_mixture
+
+    config = yaml.safe_load((run_dir / rundir.CELL_CONFIG).read_text(encoding="utf-8"))
+    mixture = build_mixture(run_config_from_dict(config, str(run_dir / rundir.CELL_CONFIG)).mixture)
+    diversity = lexical_diversity(mixture.examples)
+    rundir.write_json_atomic(run_dir / DATA_STATS, {
+        "instances": len(mixture.examples), "counts": mixture.counts,
+        "lexical_diversity": diversity.mtld, "lexical_diversity_measure": diversity.to_dict()["measure"],
+        "words": diversity.words,
+    })
+
+
+def _data_stats_stage(run_dir: Path, outcome: CellOutcome) -> None:
+    """Measure the mixture once (after training, so a cell that cannot read its data fails in train)."""
+    if rundir.read_json(run_dir / DATA_STATS) is not None:
+        return
+    from harness.errors import HarnessError
+
+    log = run_dir / "logs" / "data_stats.log"
+    started = time.time()
+    try:
+        write_data_stats(run_dir)
+    except (HarnessError, OSError, ValueError) as exc:  # logged and recorded; the cell goes on
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(f"data stats failed: {exc}\n", encoding="utf-8")
+        rundir.update_grid_record(run_dir, stages=rundir.stage_finished("data_stats", log, 1, started))
+        return
+    outcome.ran.append("data_stats")
+
+
 def run_cell(run_dir: Path, cell_id: str, eval_spec: EvalSpec, *, rank: int = 0,
              env: dict[str, str] | None = None) -> CellOutcome:
     """Train (unless done) then evaluate (the missing tasks) one prepared cell.
@@ -122,6 +163,7 @@ def run_cell(run_dir: Path, cell_id: str, eval_spec: EvalSpec, *, rank: int = 0,
         outcome.ran.append("train")
     if rank != 0:
         return outcome
+    _data_stats_stage(run_dir, outcome)
     tasks = missing_evals(run_dir, eval_spec)
     if not tasks:
         if eval_spec.tasks:

@@ -105,14 +105,14 @@ def _train_figures(run_dir: Path, run: dict[str, Any]) -> dict[str, Any]:
     if diversity is None:
         diversity = _find(stats, "lexical_diversity", "mixture.lexical_diversity")
     if instances is None:
-        instances = _find(stats, "examples", "mixture.examples")
+        instances = _find(stats, "instances", "examples")
     return {
-        "steps": _number(_find(run, "step", "steps", "train.steps", "final_step")) or _number(last.get("step")),
+        "steps": _number(_find(run, "final_step", "step", "steps", "train.steps")) or _number(last.get("step")),
         "final_loss": _number(_find(run, "final_loss", "train.final_loss")) or _number(last.get("loss")),
         "instances": _number(instances),
         "lexical_diversity": _number(diversity),
         "train_seconds": _number(_find(run, "timings.train_seconds", "timings.train_s", "timings.total_s",
-                                       "timings.total_seconds", "timings.seconds")),
+                                       "timings.total_seconds", "timings.seconds", "timings.wall_s")),
         "tokens_per_s": _number(last.get("tokens_per_s")),
     }
 

@@ -124,7 +124,10 @@ class PlanReport:
         return dataclasses.asdict(self)
 
 
-def _model_fn(request: PlanRequest, config: LlamaConfig):
+def plan_model_fn(request: PlanRequest):
+    """A function building the request's model (LoRA adapters added for ``peft="lora"``)."""
+    config = request.model_config()
+
     def build():
         model = Llama(config, rngs=nnx.Rngs(0))
         if request.peft == "lora":
@@ -155,15 +158,18 @@ def plan_mesh(request: PlanRequest, devices=None) -> Mesh:
     return Mesh(np.asarray(devices[:need], dtype=object).reshape(sizes), MESH_AXES)
 
 
-def lower_train_step(request: PlanRequest, mesh: Mesh):
-    """(lowered step, abstract TrainState) for ``request`` on ``mesh``; nothing is allocated."""
-    config = request.model_config()
-    peft = request.peft_section()
-    trainable = optim.trainable_filter(peft)
+def plan_optimizer(request: PlanRequest):
+    """The run config's default optimizer (AdamW, clipping, warm-up + cosine) for the request."""
     train = TrainSection(lr=2e-5, warmup_ratio=0.03, steps=1000, global_batch=request.batch,
                          micro_batch=request.micro_batch)
-    tx = optim.make_optimizer(OptimizerSection(), optim.make_schedule(train, 1000))
-    graphdef, abstract_state, shardings = abstract_train_state(_model_fn(request, config), tx, trainable, mesh)
+    return optim.make_optimizer(OptimizerSection(), optim.make_schedule(train, 1000))
+
+
+def lower_train_step(request: PlanRequest, mesh: Mesh):
+    """(lowered step, abstract TrainState) for ``request`` on ``mesh``; nothing is allocated."""
+    trainable = optim.trainable_filter(request.peft_section())
+    tx = plan_optimizer(request)
+    graphdef, abstract_state, shardings = abstract_train_state(plan_model_fn(request), tx, trainable, mesh)
     step = TrainStep(graphdef, tx, trainable, accumulation_steps=request.accumulation_steps,
                      mesh=mesh, state_shardings=shardings)
     batch = abstract_batch(mesh, request.batch, request.seq_len)
