@@ -80,7 +80,7 @@ def write_gguf(path, hf, *, quant=None, arch="llama", drop=()):
         if gname in drop:
             continue
         if quant is not None and w.ndim == 2:
-            writer.add_tensor(gname, gguf.quants.quantize(w, quant), raw_shape=w.shape, raw_dtype=quant)
+            writer.add_tensor(gname, gguf.quants.quantize(w, quant), raw_dtype=quant)
         else:
             writer.add_tensor(gname, w)
     writer.write_header_to_file()

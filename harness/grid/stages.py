@@ -73,7 +73,10 @@ def missing_evals(run_dir: Path, eval_spec: EvalSpec) -> list[str]:
     missing = []
     for task in eval_spec.tasks:
         result = rundir.eval_result(run_dir, task)
-        if result is None or (eval_spec.protocol and result.get("protocol") != eval_spec.protocol):
+        # generation-only results (AlpacaFarm outputs: protocol "generate") serve every protocol
+        stale = (eval_spec.protocol and result is not None and result.get("protocol") in SCORING_PROTOCOLS
+                 and result.get("protocol") != eval_spec.protocol)
+        if result is None or stale:
             missing.append(task)
     return missing
 
@@ -93,6 +96,7 @@ def prepare_cell(run_dir: Path, cell_id: str, labels: dict[str, str], config: di
 
 
 DATA_STATS = "data_stats.json"
+SCORING_PROTOCOLS = ("survey", "standard")
 
 
 def write_data_stats(run_dir: Path) -> None:
