@@ -76,7 +76,7 @@ def test_corrupt_latest_falls_back_with_warning(tmp_path, mesh8):
     (tmp_path / "checkpoints" / "3.orbax-checkpoint-tmp-1234").mkdir()
     # and the newest complete step loses its array data (disk error, partial copy)
     for file in (tmp_path / "checkpoints" / "2" / "params").rglob("*"):
-        if file.is_file() and "ocdbt" in str(file.relative_to(tmp_path)) or file.parent.name == "d":
+        if file.is_file() and file.name != "commit_success.txt":
             file.write_bytes(b"garbage")
 
     reader = Checkpointer(tmp_path / "checkpoints", keep=3, async_save=False, every=1)

@@ -48,6 +48,8 @@ def run_command(
     bbh_source: Optional[str] = typer.Option(None, "--bbh-source", help="BBH folder or hf:NAME"),
     bbh_prompts: Optional[str] = typer.Option(None, "--bbh-prompts", help="BBH cot-prompts folder"),
     bbh_subset: Optional[str] = typer.Option(None, "--bbh-subset", help="all or bbh3k (default: bbh3k for survey)"),
+    bbh_tasks: Optional[str] = typer.Option(None, "--bbh-tasks", help="comma-separated BBH tasks (default: all of the subset)"),
+    bbh_max_new_tokens: Optional[int] = typer.Option(None, "--bbh-max-new-tokens", help="default 128 survey / 256 standard"),
     alpacafarm_source: Optional[str] = typer.Option(None, "--alpacafarm-source", help="AlpacaFarm eval JSON or hf:NAME"),
     shots: Optional[int] = typer.Option(None, "--shots", help="MMLU exemplars (default 5 standard, 0 survey)"),
     template: Optional[str] = typer.Option(None, "--template", help="chat template (default: the run's / tokenizer's)"),
@@ -66,6 +68,7 @@ def run_command(
     config = SuiteConfig(
         model=model, tasks=_csv(tasks), protocol=protocol, limit=limit, out_dir=str(out) if out else None,
         data_dir=str(data) if data else None, sources=sources, bbh_prompts=bbh_prompts, bbh_subset=bbh_subset,
+        bbh_tasks=_csv(bbh_tasks) if bbh_tasks else None, bbh_max_new_tokens=bbh_max_new_tokens,
         mmlu_shots=shots, template=template, replicate_defects=replicate_defects,
         decoding=DecodingConfig(temperature, top_p, max_new_tokens, seed), batch_size=batch_size, dtype=dtype,
     )

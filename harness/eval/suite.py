@@ -42,6 +42,8 @@ class SuiteConfig:
     sources: dict[str, str] = field(default_factory=dict)  # per-task overrides
     bbh_prompts: str | None = None
     bbh_subset: str | None = None  # None: bbh3k (survey) / all (standard)
+    bbh_tasks: tuple[str, ...] | None = None  # None: every task of the subset
+    bbh_max_new_tokens: int | None = None  # None: 128 (survey) / 256 (standard)
     mmlu_shots: int | None = None
     template: str | None = None
     replicate_defects: bool = False
@@ -126,6 +128,11 @@ def load_eval_lm(spec: str, *, dtype: str = "float32", batch_size: int = 8, prog
     model, tokenizer = load_model(spec, dtype=dtype)
     if tokenizer is None:
         tokenizer = load_tokenizer(None)
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if vocab is not None and tokenizer.vocab_size > vocab:
+        raise EvalError(f"model {spec!r} has a vocabulary of {vocab} tokens but its tokenizer "
+                        f"({tokenizer.name}) has {tokenizer.vocab_size}: evaluate a model that "
+                        "comes with its tokenizer (a run, hf:DIR, gguf:FILE or smollm2-135m)")
     return EvalLM(model, tokenizer, batch_size=batch_size, progress=progress)
 
 
@@ -147,7 +154,8 @@ def run_suite(config: SuiteConfig, lm: EvalLM | None = None, log=print) -> dict[
             subset = config.bbh_subset or ("bbh3k" if config.protocol == "survey" else "all")
             result = evaluate_bbh(lm, BBHConfig(
                 sources[task], prompts_dir=config.bbh_prompts, protocol=config.protocol, subset=subset,
-                limit=config.limit, template=template, replicate_defects=config.replicate_defects))
+                tasks=config.bbh_tasks, limit=config.limit, template=template,
+                max_new_tokens=config.bbh_max_new_tokens, replicate_defects=config.replicate_defects))
         else:
             result = evaluate_alpacafarm(lm, AlpacaFarmConfig(
                 sources[task], template=template, decoding=config.decoding, limit=config.limit,

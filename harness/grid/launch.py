@@ -55,6 +55,15 @@ def cell_finished(run_dir: Path, eval_spec: EvalSpec) -> bool:
     return rundir.train_done(run_dir) and not missing_evals(run_dir, eval_spec)
 
 
+def _clear_stale_failures(run_dir: Path) -> None:
+    """A finished cell's earlier failed train/eval attempt no longer describes it."""
+    stages = rundir.read_grid_record(run_dir).get("stages", {})
+    stale = {name: {**entry, "status": "done", "superseded": "results present"}
+             for name, entry in stages.items() if name in ("train", "eval") and entry.get("status") == "failed"}
+    if stale:
+        rundir.update_grid_record(run_dir, stages=stale)
+
+
 def prepare(loaded: LoadedSpec, cells: list[Cell], runs_dir: Path) -> None:
     """Write every cell's config and grid record into its run directory."""
     for cell in cells:
@@ -94,6 +103,7 @@ def run_grid(loaded: LoadedSpec, cells: list[Cell], *, runs_dir: Path, out_dir: 
     for cell in cells:
         eval_spec = cell_eval_spec(loaded, cell)
         if cell_finished(runs_dir / cell.id, eval_spec):
+            _clear_stale_failures(runs_dir / cell.id)
             report.skipped.append(cell.id)
             continue
         tasks.append(CellTask(cell.id, runs_dir / cell.id, eval_spec, cell.label_text()))
