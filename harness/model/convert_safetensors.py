@@ -39,7 +39,7 @@ DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 # Row blocks are read in chunks of about this many bytes, so a column slice of a large matrix
 # never needs the whole row block in memory at once.
-_CHUNK_BYTES = 64 << 20
+_CHUNK_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -119,15 +119,14 @@ class SafetensorsReader:
         fd = self._fds.get(info.file)
         if fd is None:
             fd = self._fds[info.file] = os.open(info.file, os.O_RDONLY)
-        buffer = bytearray(length)
-        view = memoryview(buffer)
+        buffer = np.empty(length, np.uint8)  # no zero-fill: every byte is read into
         done = 0
         while done < length:
-            n = os.preadv(fd, [view[done:]], info.start + offset + done)
+            n = os.preadv(fd, [buffer[done:]], info.start + offset + done)
             if n <= 0:
                 raise CheckpointError(f"{info.file}: unexpected end of file while reading tensor data")
             done += n
-        return np.frombuffer(buffer, dtype=info.dtype)
+        return buffer.view(info.dtype)
 
     def close(self) -> None:
         for fd in self._fds.values():

@@ -6,23 +6,24 @@ Hugging Face stores every projection as a ``[out, in]`` matrix per layer; the ha
 saving (``save_hf``) both read it.
 
 ``build_model`` creates the model abstractly (``nnx.eval_shape``: no random-init copy is ever
-materialised) and fills each parameter with ``jax.make_array_from_callback``: the callback is asked
-for exactly the block that one device holds, reads just the rows and columns of the source tensors
-that block needs, and the finished block is placed on its device. So the host holds at most one
-device block of one parameter beyond the model itself, and with a mesh each tensor lands straight
-in its sharded placement.
+materialised) and fills each parameter from blocks that read just the rows and columns of the
+source tensors they need. On one device a parameter is allocated once and written in place chunk
+by chunk; with a mesh ``jax.make_array_from_callback`` asks for exactly the block each device
+holds, so every tensor lands straight in its sharded placement. Either way the host holds at most
+one chunk or device block beyond the model itself.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import SingleDeviceSharding
 
 from harness.errors import CheckpointError
 from harness.model.llama import Llama, LlamaConfig
@@ -187,11 +188,44 @@ def _param_callback(source: TensorSource, m: WeightMap, config: LlamaConfig, sha
     return fetch
 
 
+# Host bytes of one chunk written into a single-device parameter (see _fill_in_chunks).
+CHUNK_BYTES = 16 << 20
+
+
+@partial(jax.jit, donate_argnums=0, static_argnums=3)
+def _write_block(array: jax.Array, block: jax.Array, start: jax.Array, axis: int) -> jax.Array:
+    return jax.lax.dynamic_update_slice_in_dim(array, block, start, axis=axis)
+
+
+def _fill_in_chunks(shape: tuple[int, ...], dtype, fetch, axis: int = 0) -> jax.Array:
+    """A device array of ``shape`` filled from ``fetch`` a few slices (along ``axis``) at a time.
+
+    The array is allocated on the device once and each chunk is written in place (its buffer is
+    donated), so the host holds one chunk of at most ``CHUNK_BYTES`` rather than the whole
+    parameter: on CPU, where device memory is host memory, a whole stacked parameter staged in
+    numpy would cost its size a second time. Each write is waited for, so chunks do not queue up.
+    """
+    if not shape:
+        return jnp.asarray(fetch(()), dtype)
+    array = jnp.zeros(shape, dtype)
+    slice_bytes = max(1, math.prod(shape) // max(shape[axis], 1) * np.dtype(dtype).itemsize)
+    step = max(1, CHUNK_BYTES // slice_bytes)
+    for start in range(0, shape[axis], step):
+        index = [slice(0, n) for n in shape]
+        index[axis] = slice(start, min(shape[axis], start + step))
+        block = fetch(tuple(index))
+        array = _write_block(array, block, jnp.int32(start), axis)
+        array.block_until_ready()
+        del block
+    return array
+
+
 def build_model(config: LlamaConfig, source: TensorSource, where: str, mesh=None) -> Llama:
     """A ``Llama`` with every parameter read from ``source`` (checked first; see ``check_source``).
 
-    Without a mesh each parameter goes to the default device; with one, each device block is read
-    and placed by the parameter's ``NamedSharding`` from ``harness.model.sharding``.
+    Without a mesh each parameter is written into its device array in chunks (``_fill_in_chunks``);
+    with one, each device block is read and placed by the parameter's ``NamedSharding`` from
+    ``harness.model.sharding`` (``jax.make_array_from_callback``).
     """
     check_source(config, source, where)
     abstract = nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
@@ -202,21 +236,24 @@ def build_model(config: LlamaConfig, source: TensorSource, where: str, mesh=None
 
         shardings = dict(nnx.to_flat_state(named_shardings(state, mesh)))
     by_path = {m.path: m for m in weight_maps(config)}
-    device = SingleDeviceSharding(jax.devices()[0])
     for path, variable in nnx.to_flat_state(state):
         path = tuple(str(p) for p in path)
         if path not in by_path:
             raise CheckpointError(f"{where}: the model has a parameter {'/'.join(path)} with no source tensor")
         abstract_value = variable.get_value()
-        sharding = shardings[tuple(path)] if shardings is not None else device
-        if isinstance(sharding, nnx.Variable):
-            sharding = sharding.get_value()
-        value = jax.make_array_from_callback(
-            abstract_value.shape,
-            sharding,
-            _param_callback(source, by_path[path], config, abstract_value.shape, abstract_value.dtype),
-            dtype=abstract_value.dtype,
-        )
+        shape, dtype = abstract_value.shape, abstract_value.dtype
+        fetch = _param_callback(source, by_path[path], config, shape, dtype)
+        if shardings is None:
+            # Chunk a transposed matrix (lm_head [d, V]) along the axis that is contiguous in the
+            # file (HF rows), so each chunk reads its own rows instead of a column strip of all.
+            m = by_path[path]
+            axis = len(shape) - 1 if m.transpose and not m.stacked else 0
+            value = _fill_in_chunks(shape, dtype, fetch, axis)
+        else:
+            sharding = shardings[path]
+            if isinstance(sharding, nnx.Variable):
+                sharding = sharding.get_value()
+            value = jax.make_array_from_callback(shape, sharding, fetch, dtype=dtype)
         variable.set_value(value)
     return nnx.merge(graphdef, state)
 

@@ -41,7 +41,10 @@ DEFAULT_BATCH_SIZE = 16
 DEFAULT_CHUNK_SIZE = 32  # decode steps between host-side stop-string checks
 MIN_PROMPT_BUCKET = 16
 CACHE_ALIGN = 64  # cache lengths are rounded up to this, to share compiled decode loops
+OUTPUT_ALIGN = 32  # the output buffer's width is max_new_tokens rounded up to this
+EOS_SLOTS = 8  # EOS ids travel as an array of at least this many entries (padded), not as constants
 _FILLER = -1  # written into the output buffer after a row is done
+_NO_TOKEN = -2  # pads the EOS array
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,7 @@ def generate(
         raise ConfigError(f"stop_strings={stop_strings!r}: expected non-empty strings")
     if stop_strings and tokenizer is None:
         raise ConfigError("stop_strings need a tokenizer to decode the generated text")
-    eos = tuple(sorted({int(e) for e in eos_ids}))
+    eos = sorted({int(e) for e in eos_ids})
     if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
         raise ConfigError(f"batch_size={batch_size!r}: expected an integer >= 1")
     if chunk_size is not None and (not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1):
@@ -135,7 +138,10 @@ def generate(
     cache_len = -(-(prompt_bucket(longest) + max_new_tokens) // CACHE_ALIGN) * CACHE_ALIGN
     graphdef, state = nnx.split(model)
     cache_dtype = str(jnp.dtype(cache_dtype or model.config.compute_dtype))
-    plan = _Plan(graphdef, sampling.greedy, sampling.top_p < 1.0, eos, cache_len, cache_dtype)
+    out_width = -(-max_new_tokens // OUTPUT_ALIGN) * OUTPUT_ALIGN
+    plan = _Plan(graphdef, sampling.greedy, sampling.top_p < 1.0, cache_len, cache_dtype, out_width)
+    eos_array = np.full((max(EOS_SLOTS, len(eos)),), _NO_TOKEN, np.int32)
+    eos_array[:len(eos)] = eos
 
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     results: list[list[int] | None] = [None] * len(prompts)
@@ -143,7 +149,7 @@ def generate(
         rows = order[start:start + batch_size]
         outputs = _generate_batch(
             plan, state, [prompts[i] for i in rows], rows, batch_size, int(max_new_tokens),
-            sampling, int(seed), stop_strings, tokenizer, int(chunk_size),
+            sampling, int(seed), eos_array, stop_strings, tokenizer, int(chunk_size),
         )
         for index, tokens in zip(rows, outputs):
             results[index] = tokens
@@ -167,13 +173,13 @@ class _Plan:
     graphdef: object
     greedy: bool
     top_p: bool
-    eos_ids: tuple[int, ...]
     cache_len: int
     cache_dtype: str
+    out_width: int
 
 
 def _generate_batch(plan, state, prompts, indices, batch_size, max_new_tokens, sampling, seed,
-                    stop_strings, tokenizer, chunk_size) -> list[list[int]]:
+                    eos, stop_strings, tokenizer, chunk_size) -> list[list[int]]:
     rows = len(prompts)
     batch = batch_bucket(rows, batch_size)
     length = prompt_bucket(max(len(p) for p in prompts))
@@ -193,8 +199,8 @@ def _generate_batch(plan, state, prompts, indices, batch_size, max_new_tokens, s
     carry = _prefill(
         plan, state, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(segments),
         jnp.asarray(lengths), jnp.asarray(row_ids), jnp.asarray(padding_rows),
-        jnp.uint32(seed), jnp.float32(sampling.temperature), jnp.float32(sampling.top_p),
-        max_new_tokens,
+        jnp.asarray(eos), jnp.uint32(seed), jnp.float32(sampling.temperature),
+        jnp.float32(sampling.top_p),
     )
     stopped: dict[int, int] = {}  # row -> number of tokens kept, for rows cut at a stop string
     step = 1
@@ -218,18 +224,19 @@ def _generate_batch(plan, state, prompts, indices, batch_size, max_new_tokens, s
         _find_stops(out, np.zeros(rows, bool), stop_strings, tokenizer, stopped)
     results = []
     for row in range(rows):
-        kept = _until_end(out[row], plan.eos_ids)
+        kept = _until_end(out[row], eos)
         if row in stopped:
             kept = kept[:stopped[row]]
         results.append(kept)
     return results
 
 
-def _until_end(row: np.ndarray, eos_ids: tuple[int, ...]) -> list[int]:
+def _until_end(row: np.ndarray, eos: np.ndarray) -> list[int]:
     """Tokens before the first EOS id or filler."""
     ids = row.tolist()
+    ends = set(eos.tolist())
     for i, token in enumerate(ids):
-        if token == _FILLER or token in eos_ids:
+        if token == _FILLER or token in ends:
             return ids[:i]
     return ids
 
@@ -297,16 +304,14 @@ def _record(plan: _Plan, carry, token):
     done = carry["done"]
     token = jnp.where(done, _FILLER, token)
     out = jax.lax.dynamic_update_slice_in_dim(carry["out"], token[:, None], carry["step"], axis=1)
-    finished = done
-    for eos in plan.eos_ids:
-        finished = finished | (token == eos)
+    finished = done | jnp.isin(token, carry["eos"])
     return {**carry, "out": out, "done": finished, "token": jnp.where(finished, 0, token),
             "step": carry["step"] + 1}
 
 
-@functools.partial(jax.jit, static_argnums=(0, 11))
+@functools.partial(jax.jit, static_argnums=(0,))
 def _prefill(plan: _Plan, state, tokens, positions, segments, lengths, row_ids, padding_rows,
-             seed, temperature, top_p, max_new_tokens):
+             eos, seed, temperature, top_p):
     model = nnx.merge(plan.graphdef, state)
     batch = tokens.shape[0]
     cache = model.init_cache(batch, plan.cache_len, dtype=plan.cache_dtype)
@@ -318,7 +323,8 @@ def _prefill(plan: _Plan, state, tokens, positions, segments, lengths, row_ids, 
         "keys": keys,
         "lengths": lengths,
         "done": padding_rows,
-        "out": jnp.full((batch, max_new_tokens), _FILLER, jnp.int32),
+        "eos": eos,
+        "out": jnp.full((batch, plan.out_width), _FILLER, jnp.int32),
         "step": jnp.zeros((), jnp.int32),
         "token": jnp.zeros((batch,), jnp.int32),
     }

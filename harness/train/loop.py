@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 
 from harness.config import RunConfig, load_run_config
 from harness.errors import ConfigError, HarnessError
@@ -30,7 +29,7 @@ from harness.train import optim, setup
 from harness.train.checkpoint import CHECKPOINT_DIR, Checkpointer
 from harness.train.metrics import MetricsLog, Progress, peak_flops, train_flops_per_token, write_atomic
 from harness.train.record import RunRecord, git_commit, versions
-from harness.train.step import LOSS_REDUCTION, TrainStep, init_train_state, train_state_shardings, with_shardings
+from harness.train.step import LOSS_REDUCTION, TrainStep, place_train_state, with_shardings
 
 CONFIG_FILE = "config.yaml"
 FAULT_ENV = "HARNESS_FAULT_KILL_AFTER_STEP"
@@ -69,10 +68,6 @@ def _diff_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
         keys = set(old) | set(new)
         return [k for key in keys for k in _diff_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
     return [] if old == new else [prefix.rstrip(".")]
-
-
-def _lr_at(schedule, step: int) -> float:
-    return float(np.asarray(schedule(step)))
 
 
 def train(config: RunConfig, run_dir: str | Path) -> TrainResult:
@@ -115,9 +110,8 @@ def _run(config: RunConfig, run_dir: Path, record: RunRecord) -> TrainResult:
     tx = optim.make_optimizer(config.optimizer, schedule)
     trainable = optim.trainable_filter(config.peft)
     model_config = model.config
-    graphdef, state = init_train_state(model, tx, trainable)
+    graphdef, state, shardings = place_train_state(model, tx, trainable, mesh)
     del model
-    shardings = train_state_shardings(state, mesh)
     trainable_count = optim.count_params(state.params)
     meta = {
         "seed": config.seed,
@@ -136,7 +130,6 @@ def _run(config: RunConfig, run_dir: Path, record: RunRecord) -> TrainResult:
             data.restore(restored.data_state)
         start = restored.step
     else:
-        state = jax.device_put(state, shardings)
         start = 0
     metrics_log = MetricsLog(run_dir / "metrics.jsonl", enabled=main,
                              tensorboard_dir=run_dir / "tensorboard" if config.logging.tensorboard else None)
@@ -146,7 +139,7 @@ def _run(config: RunConfig, run_dir: Path, record: RunRecord) -> TrainResult:
     lora_count = trainable_count if config.peft.method == "lora" else 0
     peak = config.logging.peak_flops_per_device or peak_flops(jax.devices()[0].device_kind)
     step_fn = TrainStep(graphdef, tx, trainable, accumulation_steps=config.train.accumulation_steps,
-                        mesh=mesh, state_shardings=shardings)
+                        mesh=mesh, state_shardings=shardings, schedule=schedule)
     record.update(
         devices=setup.device_summary(), mesh=setup.mesh_description(mesh), total_steps=steps_total,
         params=optim.count_params(state.params) + optim.count_params(state.rest), trainable_params=trainable_count,
@@ -182,7 +175,7 @@ def _run(config: RunConfig, run_dir: Path, record: RunRecord) -> TrainResult:
                 entry = {
                     "step": done,
                     "loss": float(metrics["loss"]),
-                    "lr": _lr_at(schedule, step),
+                    "lr": float(metrics["lr"]),
                     "grad_norm": float(metrics["grad_norm"]),
                     "loss_tokens": int(metrics["loss_tokens"]),
                     "tokens_per_s": tokens_per_s,

@@ -67,6 +67,24 @@ def init_train_state(model: nnx.Module, tx: optax.GradientTransformation, traina
     return graphdef, state
 
 
+def place_train_state(model: nnx.Module, tx: optax.GradientTransformation, trainable, mesh: Mesh):
+    """(graphdef, TrainState on ``mesh``, its shardings): the model placed by its logical axes
+    and the optimizer state created directly sharded by one jitted ``tx.init``."""
+    graphdef, params, rest = nnx.split(model, trainable, ...)
+    abstract = jax.eval_shape(lambda p, r: init_train_state(nnx.merge(graphdef, p, r), tx, trainable)[1], params, rest)
+    shardings = train_state_shardings(abstract, mesh)
+    params = jax.device_put(params, shardings.params)
+    rest = jax.device_put(rest, shardings.rest)
+    state = TrainState(
+        step=jax.device_put(jnp.zeros((), jnp.int32), shardings.step),
+        params=params,
+        rest=rest,
+        opt_state=jax.jit(tx.init, out_shardings=shardings.opt_state)(params),
+        nonfinite_step=jax.device_put(jnp.full((), -1, jnp.int32), shardings.nonfinite_step),
+    )
+    return graphdef, state, shardings
+
+
 def tree_shardings(tree, mesh: Mesh):
     """NamedShardings for a state pytree: variables by their logical ``axes``, arrays replicated.
 
@@ -157,8 +175,12 @@ def _split_micro(batch: dict[str, jax.Array], accumulation_steps: int) -> dict[s
     return {k: split(batch[k]) for k in BATCH_KEYS}
 
 
-def make_step_fn(graphdef, tx: optax.GradientTransformation, trainable, accumulation_steps: int):
-    """The pure step function ``(state, batch) -> (state, metrics)`` (not yet jitted)."""
+def make_step_fn(graphdef, tx: optax.GradientTransformation, trainable, accumulation_steps: int, schedule=None):
+    """The pure step function ``(state, batch) -> (state, metrics)`` (not yet jitted).
+
+    ``metrics``: loss, grad_norm (before clipping), loss_tokens, and with ``schedule`` the lr
+    this step's update used.
+    """
 
     def loss_fn(params, rest, micro, total):
         model = nnx.merge(graphdef, params, rest)
@@ -204,6 +226,8 @@ def make_step_fn(graphdef, tx: optax.GradientTransformation, trainable, accumula
             ),
         )
         metrics = {"loss": loss, "grad_norm": grad_norm, "loss_tokens": total.astype(jnp.int32)}
+        if schedule is not None:
+            metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
         return new_state, metrics
 
     return step
@@ -222,12 +246,13 @@ class TrainStep:
         mesh: Mesh,
         state_shardings: TrainState,
         donate: bool = True,
+        schedule=None,
     ):
         self.mesh = mesh
         replicated = NamedSharding(mesh, PartitionSpec())
         batch_shardings = {k: batch_sharding(mesh) for k in BATCH_KEYS}
         self._jitted = jax.jit(
-            make_step_fn(graphdef, tx, trainable, accumulation_steps),
+            make_step_fn(graphdef, tx, trainable, accumulation_steps, schedule),
             in_shardings=(state_shardings, batch_shardings),
             out_shardings=(state_shardings, replicated),
             donate_argnums=(0,) if donate else (),
@@ -253,5 +278,5 @@ def abstract_batch(mesh: Mesh, global_batch: int, seq_len: int) -> dict[str, jax
 
 __all__ = [
     "LOSS_REDUCTION", "TrainState", "TrainStep", "abstract_batch", "abstract_train_state",
-    "init_train_state", "logical_to_spec", "make_step_fn", "token_loss_sum", "train_state_shardings",
+    "init_train_state", "logical_to_spec", "make_step_fn", "place_train_state", "token_loss_sum", "train_state_shardings",
 ]
