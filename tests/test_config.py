@@ -12,9 +12,12 @@ from harness.errors import ConfigError
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
-def write(tmp_path: Path, text: str) -> Path:
+MIXTURE = "mixture:\n  sources:\n    - alpaca:experiments/data/toy_instructions.jsonl\n"
+
+
+def write(tmp_path: Path, text: str, mixture: bool = True) -> Path:
     path = tmp_path / "run.yaml"
-    path.write_text(text)
+    path.write_text(text + (MIXTURE if mixture else ""))
     return path
 
 
@@ -48,7 +51,7 @@ def test_unknown_key_or_wrong_type_names_the_key(tmp_path, overrides, key):
 
 
 def test_key_set_twice_in_yaml_names_key_and_line(tmp_path):
-    path = write(tmp_path, "train:\n  steps: 10\n  lr: 1.0e-4\n  lr: 2.0e-4\n")
+    path = write(tmp_path, "train:\n  steps: 10\n  lr: 1.0e-4\n  lr: 2.0e-4\n", mixture=False)
     with pytest.raises(ConfigError, match=r"run\.yaml:4: key 'lr' is set twice"):
         load_run_config(path)
 
@@ -75,9 +78,14 @@ def test_inconsistent_values_say_what_to_change(tmp_path, overrides, message):
         load_run_config(path, overrides)
 
 
-def test_run_length_required():
+def test_required_sections():
+    mixture = {"sources": ["alpaca:x.json"]}
     with pytest.raises(ConfigError, match="train.steps=N or train.epochs=E"):
-        run_config_from_dict({"train": {"lr": 1e-4}})
+        run_config_from_dict({"train": {"lr": 1e-4}, "mixture": mixture})
+    with pytest.raises(ConfigError, match="key 'mixture': Field required"):
+        run_config_from_dict({"train": {"steps": 1}})
+    with pytest.raises(ConfigError, match="unknown key 'mixture.sources.0.sampel'"):
+        run_config_from_dict({"train": {"steps": 1}, "mixture": {"sources": [{"spec": "alpaca:x", "sampel": 3}]}})
 
 
 def test_override_into_a_value_is_an_error():
@@ -90,7 +98,7 @@ def test_override_into_a_value_is_an_error():
 def test_to_yaml_round_trip(tmp_path):
     config = load_run_config(write(tmp_path, "train:\n  steps: 7\n"), ["labels={mixture: flan}", "optimizer.clip_norm=null"])
     text = config.to_yaml()
-    again = load_run_config(write(tmp_path, text))
+    again = load_run_config(write(tmp_path, text, mixture=False))
     assert again == config
     assert "async: true" in text  # the YAML key, not the Python field name
     assert again.optimizer.clip_norm is None
@@ -110,7 +118,8 @@ def test_experiment_configs_validate(path):
 )
 def test_round_trip_property(tmp_path_factory, lr, steps, micro_div, schedule):
     config = run_config_from_dict(
-        {"train": {"lr": lr, "steps": steps, "global_batch": 8, "micro_batch": 8 // micro_div, "schedule": schedule}}
+        {"train": {"lr": lr, "steps": steps, "global_batch": 8, "micro_batch": 8 // micro_div, "schedule": schedule},
+         "mixture": {"sources": [{"spec": "alpaca:x.json", "sample": 5}], "strategy": "concat"}}
     )
     path = tmp_path_factory.mktemp("rt") / "c.yaml"
     path.write_text(config.to_yaml())

@@ -76,9 +76,16 @@ def tiny_lm():
     return EvalLM(Llama(config, rngs=nnx.Rngs(0)), tokenizer, batch_size=3, pad_multiple=32)
 
 
+@nnx.jit
+def _full_logprobs(model, tokens):
+    return jax.nn.log_softmax(model(tokens).astype(jnp.float32), axis=-1)
+
+
 def _reference_logprobs(model, ids: list[int]) -> np.ndarray:
-    logits = model(jnp.asarray([ids], jnp.int32))[0]
-    return np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1))
+    """Full-sequence logits of one row (right-padded to 64 so every call shares one program)."""
+    tokens = np.zeros((1, 64), np.int32)
+    tokens[0, : len(ids)] = ids
+    return np.asarray(_full_logprobs(model, jnp.asarray(tokens)))[0, : len(ids)]
 
 
 def test_loglikelihood_matches_a_full_forward(tiny_lm):
@@ -105,12 +112,13 @@ def test_loglikelihood_matches_a_full_forward(tiny_lm):
 @pytest.mark.parametrize("protocol", ["survey", "standard"])
 def test_suite_writes_contract_files(tiny_lm, tmp_path, protocol):
     data = write_fixtures(tmp_path / "data")
-    config = SuiteConfig(model="tiny-test", tasks=("mmlu", "bbh", "alpacafarm"), protocol=protocol,
+    tasks = ("mmlu", "bbh", "alpacafarm") if protocol == "survey" else ("mmlu", "bbh")  # generation is shared
+    config = SuiteConfig(model="tiny-test", tasks=tasks, protocol=protocol,
                          out_dir=str(tmp_path / "eval"), data_dir=str(data), bbh_subset="all",
                          bbh_tasks=tuple(BBH_ITEMS), bbh_max_new_tokens=12, mmlu_shots=1 if protocol == "standard" else None,
                          decoding=DecodingConfig(max_new_tokens=6), template="survey")
     written = run_suite(config, lm=tiny_lm, log=lambda *_: None)
-    assert set(written) == {"mmlu", "bbh", "alpacafarm"}
+    assert set(written) == set(tasks)
     for task, path in written.items():
         result = read_eval_result(path)
         assert result.task == task and result.n == len(result.records) > 0
@@ -126,6 +134,8 @@ def test_suite_writes_contract_files(tiny_lm, tmp_path, protocol):
             assert record["correct"] == survey_correct(questions[record["id"]], record["gold"], record["output"])
         else:
             assert (record["correct"], record["prediction"]) == standard_correct(record["gold"], record["output"])
+    if protocol == "standard":
+        return
     outputs = read_model_outputs(tmp_path / "eval" / "alpacafarm_model_outputs.json")
     check_against_reference(outputs, read_eval_set(data / "alpaca_farm"), "outputs")
     assert outputs[1]["instruction"] == "Summarise the text.\n\nCats sleep a lot."

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from test_train_resume import CONFIG, REPO, harness_env, metrics, run_train
 
@@ -55,3 +56,30 @@ def test_two_processes_match_one_process(tmp_path):
         np.testing.assert_allclose(two[step]["loss"], one[step]["loss"], rtol=1e-5)
         np.testing.assert_allclose(two[step]["grad_norm"], one[step]["grad_norm"], rtol=1e-4)
     assert (multi / "checkpoints" / "6").is_dir()
+
+
+def test_cluster_detection_from_environment(monkeypatch):
+    from harness.errors import ConfigError
+    from harness.train import distributed
+
+    for name in ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS", "TPU_WORKER_HOSTNAMES",
+                 "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert distributed.cluster_detected() is None
+    assert distributed.initialize() is False  # a plain single process starts nothing
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    assert distributed.cluster_detected() == "slurm"
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")  # srun -n 1 inside a 4-task allocation
+    assert distributed.cluster_detected() is None
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "t0,t1")
+    assert distributed.cluster_detected() == "tpu"
+
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+    settings = distributed.settings_from_env(distributed.DistributedSettings(process_id=1))
+    assert (settings.coordinator, settings.num_processes, settings.process_id) == ("10.0.0.1:1234", 2, 1)
+    with pytest.raises(ConfigError, match="needs --process-id"):
+        distributed.initialize(distributed.DistributedSettings())
+    with pytest.raises(ConfigError, match="outside 0..1"):
+        distributed.initialize(distributed.DistributedSettings(process_id=5))

@@ -205,8 +205,8 @@ def _fill_in_chunks(shape: tuple[int, ...], dtype, fetch, axis: int = 0) -> jax.
     parameter: on CPU, where device memory is host memory, a whole stacked parameter staged in
     numpy would cost its size a second time. Each write is waited for, so chunks do not queue up.
     """
-    if not shape:
-        return jnp.asarray(fetch(()), dtype)
+    if math.prod(shape) * np.dtype(dtype).itemsize <= CHUNK_BYTES:  # small: one block, no compile
+        return jax.device_put(fetch(tuple(slice(0, n) for n in shape)))
     array = jnp.zeros(shape, dtype)
     slice_bytes = max(1, math.prod(shape) // max(shape[axis], 1) * np.dtype(dtype).itemsize)
     step = max(1, CHUNK_BYTES // slice_bytes)

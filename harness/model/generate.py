@@ -4,8 +4,8 @@
 input order. How it runs:
 
 * Prompts are sorted by length (longest first) and cut into batches of ``batch_size`` rows. A
-  batch is left-padded to a bucketed length (16, 24, 32, 48, 64, 96, ...) and its row count to a
-  bucketed size, so a long list of prompts compiles only a handful of programs. Padding tokens
+  batch is left-padded to a bucketed length (16, 24, 32, 48, 64, 96, ...) and every batch of a
+  call to the same row count, so a long list of prompts compiles only a handful of programs. Padding tokens
   have segment id 0 and real tokens positions counted from each row's first real token, so the
   model's mask (same non-zero segment, key position <= query position) keeps every row blind to
   its padding and to its batch-mates: a batch gives what each prompt gives alone.
@@ -75,8 +75,9 @@ def prompt_bucket(length: int) -> int:
 
 
 def batch_bucket(rows: int, batch_size: int) -> int:
-    """Padded row count: the next power of two, at most ``batch_size``."""
-    return min(1 << max(rows - 1, 0).bit_length(), batch_size)
+    """Rows of every compiled batch: ``rows`` (capped at ``batch_size``) up to a power of two,
+    at most ``batch_size``. Every batch of one call is padded to it, so they share programs."""
+    return min(1 << max(min(rows, batch_size) - 1, 0).bit_length(), batch_size)
 
 
 def generate(
@@ -139,7 +140,8 @@ def generate(
     graphdef, state = nnx.split(model)
     cache_dtype = str(jnp.dtype(cache_dtype or model.config.compute_dtype))
     out_width = -(-max_new_tokens // OUTPUT_ALIGN) * OUTPUT_ALIGN
-    plan = _Plan(graphdef, sampling.greedy, sampling.top_p < 1.0, cache_len, cache_dtype, out_width)
+    plan = _Plan(graphdef, sampling.greedy, sampling.top_p < 1.0, cache_len, cache_dtype, out_width,
+                 batch_bucket(len(prompts), batch_size))
     eos_array = np.full((max(EOS_SLOTS, len(eos)),), _NO_TOKEN, np.int32)
     eos_array[:len(eos)] = eos
 
@@ -148,7 +150,7 @@ def generate(
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         outputs = _generate_batch(
-            plan, state, [prompts[i] for i in rows], rows, batch_size, int(max_new_tokens),
+            plan, state, [prompts[i] for i in rows], rows, int(max_new_tokens),
             sampling, int(seed), eos_array, stop_strings, tokenizer, int(chunk_size),
         )
         for index, tokens in zip(rows, outputs):
@@ -176,12 +178,12 @@ class _Plan:
     cache_len: int
     cache_dtype: str
     out_width: int
+    batch: int
 
 
-def _generate_batch(plan, state, prompts, indices, batch_size, max_new_tokens, sampling, seed,
+def _generate_batch(plan, state, prompts, indices, max_new_tokens, sampling, seed,
                     eos, stop_strings, tokenizer, chunk_size) -> list[list[int]]:
-    rows = len(prompts)
-    batch = batch_bucket(rows, batch_size)
+    rows, batch = len(prompts), plan.batch
     length = prompt_bucket(max(len(p) for p in prompts))
     tokens = np.zeros((batch, length), np.int32)
     positions = np.zeros((batch, length), np.int32)

@@ -209,8 +209,9 @@ def load_from_run(path: str | Path, *, dtype: str | None = None, mesh=None, step
     The architecture (and LoRA adapters) come from the checkpoint's metadata; only the model
     items (``params``, ``rest``) are read, never the optimizer state. ``dtype`` casts floating
     parameters (e.g. "bfloat16" for evaluation); ``mesh`` places them by their logical axes
-    (default: the first device). The tokenizer is the one the run saved in ``<run>/tokenizer``
-    (None when the run saved none).
+    (default: the first device); ``step`` picks a checkpoint (default: the path's step, else the
+    newest). The tokenizer is the one the run saved in ``<run>/tokenizer`` (None when the run
+    saved none).
     """
     import jax.numpy as jnp
     from flax import nnx
@@ -219,6 +220,7 @@ def load_from_run(path: str | Path, *, dtype: str | None = None, mesh=None, step
     from harness.model.sharding import named_shardings
 
     directory, wanted, run_dir = _checkpoint_location(Path(path))
+    wanted = step if step is not None else wanted
     manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
     steps = sorted(manager.all_steps())
     if not steps:

@@ -48,7 +48,10 @@ def settings_from_env(flags: DistributedSettings) -> DistributedSettings:
 
 def cluster_detected() -> str | None:
     """"slurm" / "tpu" when JAX's cluster auto-detection should run (a multi-process job)."""
-    tasks = _env_int("SLURM_NTASKS") or _env_int("SLURM_STEP_NUM_TASKS")
+    # an srun step's own task count first: a batch script's SLURM_NTASKS alone (no srun) is
+    # one process, which must not wait for peers that were never started
+    step_tasks = _env_int("SLURM_STEP_NUM_TASKS")
+    tasks = step_tasks if step_tasks is not None else _env_int("SLURM_NTASKS")
     if os.environ.get("SLURM_JOB_ID") and tasks and tasks > 1:
         return "slurm"
     hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")

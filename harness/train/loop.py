@@ -97,13 +97,20 @@ def _run(config: RunConfig, run_dir: Path, record: RunRecord) -> TrainResult:
     main = jax.process_index() == 0
     setup_started = time.time()
     mesh = setup.build_mesh(config)
+    known = setup.preset_config(config)
+    if known is not None:  # cheap checks first when the architecture is known without weights
+        setup.check_length(config, known)
+        tokenizer = setup.build_tokenizer(config)
+        setup.check_vocab(known, tokenizer)
+        data = setup.build_data(config, tokenizer)
     model, loaded_tokenizer = setup.build_model(config, seed=config.seed, mesh=mesh)
-    tokenizer = setup.build_tokenizer(config, loaded_tokenizer)
-    setup.check_vocab(model, tokenizer)
+    if known is None:
+        setup.check_length(config, model.config)
+        tokenizer = setup.build_tokenizer(config, loaded_tokenizer)
+        setup.check_vocab(model.config, tokenizer)
+        data = setup.build_data(config, tokenizer)
     if main and not (run_dir / "tokenizer").is_dir():
         tokenizer.save(run_dir / "tokenizer")
-    setup.check_length(config, model)
-    data = setup.build_data(config, tokenizer)
     steps_total = setup.total_steps(config, data)
 
     schedule = optim.make_schedule(config.train, steps_total)

@@ -92,12 +92,19 @@ def _has_lora(model) -> bool:
     return any(name.startswith("lora_a_") for name in vars(model.layers))
 
 
-def check_vocab(model, tokenizer) -> None:
+def preset_config(config: RunConfig):
+    """The LlamaConfig of a random-init preset (known before any weight exists), else None."""
+    from harness.model.llama import PRESETS
+
+    return PRESETS.get(config.model.init) if config.model.init != "smollm2-135m" else None
+
+
+def check_vocab(model_config, tokenizer) -> None:
     """The tokenizer's ids must index the model's embedding."""
-    if tokenizer.vocab_size > model.config.vocab_size:
+    if tokenizer.vocab_size > model_config.vocab_size:
         raise ConfigError(
             f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary is "
-            f"{model.config.vocab_size}; set model.tokenizer to a tokenizer of this model "
+            f"{model_config.vocab_size}; set model.tokenizer to a tokenizer of this model "
             "(model.tokenizer=tiny for the tiny preset)"
         )
 
@@ -164,12 +171,12 @@ def build_data(config: RunConfig, tokenizer) -> DataStream:
     return DataStream(iterator=iterator, local_rows=iterator.local_batch, batches_per_epoch=iterator.steps_per_epoch)
 
 
-def check_length(config: RunConfig, model) -> None:
+def check_length(config: RunConfig, model_config) -> None:
     """Rows must fit the model's context."""
-    if config.data.max_length > model.config.max_seq_len:
+    if config.data.max_length > model_config.max_seq_len:
         raise ConfigError(
             f"data.max_length={config.data.max_length} exceeds the model's context of "
-            f"{model.config.max_seq_len} tokens; lower data.max_length"
+            f"{model_config.max_seq_len} tokens; lower data.max_length"
         )
 
 
