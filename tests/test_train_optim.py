@@ -43,7 +43,7 @@ def test_warmup_longer_than_run():
 
 
 def test_no_decay_mask_on_llama():
-    _, params, _ = nnx.split(Llama(get_config("tiny"), rngs=nnx.Rngs(0)), nnx.Param, ...)
+    _, params, _ = nnx.split(nnx.eval_shape(lambda: Llama(get_config("tiny"), rngs=nnx.Rngs(0))), nnx.Param, ...)
     mask = decay_mask(params, ["norm", "bias"])
     flags = {path_name(p): bool(v) for p, v in jax.tree_util.tree_leaves_with_path(mask)}
     assert flags["final_norm/value"] is False and flags["layers/attn_norm/value"] is False

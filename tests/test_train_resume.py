@@ -44,8 +44,9 @@ def metrics(run_dir: Path) -> dict[int, dict]:
     return {r["step"]: r for r in map(json.loads, lines)}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference_run(tmp_path_factory):
+    """An uninterrupted 4-device run of experiments/train_tiny.yaml (shared with test_multihost)."""
     root = tmp_path_factory.mktemp("resume")
     cache = root / "cache"
     result = run_train(root / "reference", harness_env(cache))
