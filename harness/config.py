@@ -11,6 +11,7 @@ never turns into a default. Every error is a ``ConfigError`` naming the file and
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -96,8 +97,8 @@ class TrainSection(Section):
         """Warm-up length in steps for a run of ``total_steps``."""
         if self.warmup_steps is not None:
             return self.warmup_steps
-        if self.warmup_ratio is not None:
-            return int(round(self.warmup_ratio * total_steps))
+        if self.warmup_ratio is not None:  # rounded up, as Hugging Face's Trainer does
+            return math.ceil(self.warmup_ratio * total_steps)
         return 0
 
 

@@ -68,3 +68,9 @@ def test_adamw_matches_optax_reference():
         p1, p2 = optax.apply_updates(p1, u1), optax.apply_updates(p2, u2)
     for key in params:
         np.testing.assert_array_equal(np.asarray(p1[key]), np.asarray(p2[key]))
+
+
+def test_warmup_ratio_rounds_up_like_hf_trainer():
+    assert TrainSection(steps=10, warmup_ratio=0.03).warmup_for(10) == 1  # ceil(0.3)
+    assert TrainSection(steps=10, warmup_ratio=0.03).warmup_for(3 * 1755) == 158  # survey-sized run
+    assert TrainSection(steps=10).warmup_for(10) == 0

@@ -21,7 +21,7 @@ from harness.errors import ConfigError
 def make_schedule(train: TrainSection, total_steps: int) -> optax.Schedule:
     """Peak ``train.lr`` after a linear warm-up from 0, then decay to ``final_lr_ratio * lr``.
 
-    The warm-up is ``train.warmup_steps`` or ``round(warmup_ratio * total_steps)`` steps (the
+    The warm-up is ``train.warmup_steps`` or ``ceil(warmup_ratio * total_steps)`` steps (the
     survey: ratio 0.03, as Stanford Alpaca and HF's Trainer). Step ``s`` of the optimizer uses
     ``schedule(s)``; the first update (s = 0) therefore has lr 0 when there is a warm-up, as in
     HF's ``get_cosine_schedule_with_warmup``.
