@@ -30,6 +30,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from harness.errors import ConfigError
@@ -148,8 +149,15 @@ def get_config(name: str, **overrides: Any) -> LlamaConfig:
 
 
 def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], dtype, scale: float) -> nnx.Param:
-    value = scale * jax.random.normal(rngs.params(), shape, dtype=jnp.float32)
-    return nnx.Param(value.astype(dtype), axes=axes)
+    key = rngs.params()
+    if isinstance(key, jax.core.Tracer):  # under jit / eval_shape (sharded or abstract init)
+        value = scale * jax.random.normal(key, shape, dtype=jnp.float32)
+    else:
+        # Eagerly, jax.random.normal compiles once per distinct shape (~0.4 s each on CPU);
+        # numpy seeded from the same key is deterministic and costs no compilation.
+        seed = np.asarray(jax.random.key_data(key)).astype(np.uint32).tolist()
+        value = scale * np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+    return nnx.Param(jnp.asarray(value, dtype=dtype), axes=axes)
 
 
 def _ones(shape: tuple[int, ...], axes: tuple[str, ...], dtype) -> nnx.Param:
@@ -204,6 +212,7 @@ class DecoderStack(nnx.Module):
         self.mlp_norm = _ones((n, d), ("layers", "norm"), dt)
         self.config = config
         self.lora_scale = 0.0  # set by harness.model.peft.apply_lora
+        self.lora_dropout = 0.0  # dropout on the adapters' input only (PEFT's convention)
 
     def layer_weights(self) -> dict[str, jax.Array]:
         """The per-layer arrays handed to the scan body (stacked on axis 0)."""
@@ -223,17 +232,23 @@ class DecoderStack(nnx.Module):
         mask: jax.Array,
         cache: dict[str, jax.Array] | None = None,
         cache_index: jax.Array | None = None,
-        deterministic: bool = True,
+        dropout_key: jax.Array | None = None,
     ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
         c = self.config
         cdt = jnp.dtype(c.compute_dtype)
         lora_scale = self.lora_scale
+        rate = self.lora_dropout if dropout_key is not None else 0.0
 
         def project(h, name, spec, weights):
             out = jnp.einsum(spec, h, weights[name].astype(cdt))
             if f"lora_a_{name}" in weights:
                 a_spec, b_spec = lora_specs(spec)
-                low = jnp.einsum(a_spec, h, weights[f"lora_a_{name}"].astype(cdt))
+                h_a = h
+                if rate > 0.0:
+                    index = DecoderStack.PROJECTIONS.index(name)
+                    keep = jax.random.bernoulli(jax.random.fold_in(weights["dropout_key"], index), 1.0 - rate, h.shape)
+                    h_a = jnp.where(keep, h / (1.0 - rate), 0.0).astype(h.dtype)
+                low = jnp.einsum(a_spec, h_a, weights[f"lora_a_{name}"].astype(cdt))
                 out = out + lora_scale * jnp.einsum(b_spec, low, weights[f"lora_b_{name}"].astype(cdt))
             return out
 
@@ -266,6 +281,8 @@ class DecoderStack(nnx.Module):
 
         body = _remat(body, c.remat)
         weights = self.layer_weights()
+        if rate > 0.0:
+            weights["dropout_key"] = jax.random.split(dropout_key, c.num_layers)
         x, new_cache = jax.lax.scan(body, x, (weights, cache))
         return x, new_cache
 
@@ -327,8 +344,11 @@ class Llama(nnx.Module):
             "index": jnp.zeros((), jnp.int32),
         }
 
-    def hidden_states(self, tokens, positions=None, segment_ids=None, cache=None):
-        """Final normed hidden states [B, L, d] (and the updated cache when one is given)."""
+    def hidden_states(self, tokens, positions=None, segment_ids=None, cache=None, dropout_key=None):
+        """Final normed hidden states [B, L, d] (and the updated cache when one is given).
+
+        ``dropout_key`` turns on training-time LoRA dropout (when the adapters have a rate).
+        """
         c = self.config
         batch, length = tokens.shape
         if positions is None:
@@ -351,7 +371,9 @@ class Llama(nnx.Module):
             mask = attention.make_mask(positions, segment_ids, kv_positions, kv_segments)
             layer_cache = {"k": cache["k"], "v": cache["v"]}
 
-        x, new_layer_cache = self.layers(x, cos, sin, mask, cache=layer_cache, cache_index=index)
+        x, new_layer_cache = self.layers(
+            x, cos, sin, mask, cache=layer_cache, cache_index=index, dropout_key=dropout_key
+        )
         x = rms_norm(x, self.final_norm[...], c.norm_eps)
         if cache is None:
             return x, None
@@ -374,8 +396,8 @@ class Llama(nnx.Module):
         logits = jnp.einsum("bld,dv->blv", x, head, preferred_element_type=jnp.float32)
         return constrain(logits, ("batch", "length", "act_vocab"))
 
-    def __call__(self, tokens, positions=None, segment_ids=None, cache=None):
-        x, new_cache = self.hidden_states(tokens, positions, segment_ids, cache)
+    def __call__(self, tokens, positions=None, segment_ids=None, cache=None, dropout_key=None):
+        x, new_cache = self.hidden_states(tokens, positions, segment_ids, cache, dropout_key)
         logits = self.logits_from_hidden(x)
         if cache is None:
             return logits

@@ -29,7 +29,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from harness.model.sharding import batch_sharding, constrain, logical_to_spec, param_specs
+from harness.model.sharding import batch_sharding, constrain, param_specs
 
 LOSS_REDUCTION = (
     "sum of token cross-entropy over loss_mask tokens of the whole accumulated global batch, "
@@ -278,5 +278,6 @@ def abstract_batch(mesh: Mesh, global_batch: int, seq_len: int) -> dict[str, jax
 
 __all__ = [
     "LOSS_REDUCTION", "TrainState", "TrainStep", "abstract_batch", "abstract_train_state",
-    "init_train_state", "logical_to_spec", "make_step_fn", "place_train_state", "token_loss_sum", "train_state_shardings",
+    "init_train_state", "make_step_fn", "place_train_state", "token_loss_sum", "train_state_shardings",
+    "with_shardings",
 ]
