@@ -139,6 +139,9 @@ class CheckpointSection(Section):
     every: int = Field(500, ge=0)  # 0 = only at the end
     keep: int = Field(3, gt=0)
     async_save: bool = Field(True, alias="async")
+    # Leave the frozen base out of checkpoints (only adapters, optimizer state, counters, data
+    # state; the base is rebuilt from model.init and fingerprint-checked). None = on for LoRA.
+    adapter_only: bool | None = None
 
 
 class LoggingSection(Section):
@@ -180,6 +183,15 @@ class RunConfig(Section):
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+
+    @model_validator(mode="after")
+    def _check_adapter_only(self) -> "RunConfig":
+        if self.checkpoint.adapter_only and self.peft.method != "lora":
+            raise ValueError(
+                "checkpoint.adapter_only=true needs peft.method=lora (a full fine-tune has no frozen "
+                "base to leave out); remove the key or set it to false"
+            )
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every key (defaults included), with YAML key names."""

@@ -166,12 +166,13 @@ def test_stop_cut_drops_a_token_that_straddles_the_stop_start():
 
 
 def test_sharded_model_generates_the_same_tokens(tiny, prompts):
-    from harness.model.sharding import make_mesh
+    from harness.model.sharding import make_mesh, shard_model
 
     if len(jax.devices()) < 8:
         pytest.skip("needs 8 (virtual) devices from tests/conftest.py")
     mesh = make_mesh({"data": 1, "fsdp": 4, "tensor": 2})
-    sharded = init_model("tiny", seed=1, mesh=mesh)
+    sharded = shard_model(init_model("tiny", seed=1), mesh)
+    assert len(sharded.layers.wq[...].sharding.device_set) == 8
     assert generate(sharded, prompts, NEW_TOKENS) == generate(tiny, prompts, NEW_TOKENS)
 
 
@@ -209,7 +210,7 @@ def test_buckets_are_monotone_and_bounded():
 # -- the embedded real model --------------------------------------------------------------------
 SMOLLM_QUESTIONS = (
     "What is the capital of France?",
-    "Write one sentence about the sea.",
+    "Write one short sentence about the sea and the wind.",
     "List three prime numbers and explain briefly why each of them is prime.",
 )
 
@@ -229,6 +230,7 @@ def chat_ids(tokenizer, question: str) -> list[int]:
     return tokenizer.encode(render_prompt("tokenizer", [Message("user", question)], tokenizer))
 
 
+@pytest.mark.slow
 def test_smollm2_greedy_32_tokens_match_transformers_generate(smollm):
     """Batched harness decoding of three chat prompts equals transformers' greedy generate of each."""
     torch = pytest.importorskip("torch")
@@ -263,3 +265,20 @@ def test_smollm2_chat_reply_stops_at_end_of_turn(smollm):
     cut = generate(model, [prompt], 24, stop_strings=["Paris"], tokenizer=tokenizer)[0]
     assert "Paris" not in tokenizer.decode(cut)
     assert cut == full[: len(cut)] and len(cut) < len(stopped)
+
+
+# -- the command line ---------------------------------------------------------------------------
+def test_cli_prints_a_chat_reply_from_the_embedded_model(capsys):
+    from harness.cli import main
+
+    main(["generate", "--prompt", SMOLLM_QUESTIONS[0], "--max-new-tokens", "16"])
+    assert "Paris" in capsys.readouterr().out
+
+
+def test_cli_model_without_tokenizer_is_a_user_error(capsys):
+    from harness.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--model", "tiny", "--prompt", "hi"])
+    assert exit_info.value.code == 2
+    assert "has no tokenizer" in capsys.readouterr().err

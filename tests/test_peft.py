@@ -144,7 +144,7 @@ def test_adapter_state_round_trip_and_mismatch_errors():
 @pytest.mark.parametrize(
     "kwargs, match",
     [({"rank": 0}, "rank"), ({"targets": ("q", "x")}, "unknown target 'x'"), ({"targets": ()}, "empty"),
-     ({"targets": ("q", "q")}, "twice"), ({"dropout": 0.1}, "dropout"), ({"alpha": -1.0}, "alpha")],
+     ({"targets": ("q", "q")}, "twice"), ({"dropout": 1.0}, "dropout"), ({"alpha": -1.0}, "alpha")],
 )
 def test_bad_lora_config_is_a_config_error(kwargs, match):
     with pytest.raises(ConfigError, match=match):
@@ -233,3 +233,25 @@ def test_apply_lora_under_eval_shape_allocates_nothing():
     d, f, r, L = c.hidden_size, c.intermediate_size, 16, c.num_layers
     per_layer = 4 * (d * r + r * d) + 2 * (d * r + r * f) + (f * r + r * d)
     assert sum(x.size for x in leaves) == L * per_layer
+
+
+def test_lora_dropout_only_in_training_and_only_on_the_adapter_path():
+    cfg = get_config("tiny")
+    model = Llama(cfg, rngs=nnx.Rngs(0))
+    tokens = jnp.asarray(np.random.RandomState(1).randint(0, cfg.vocab_size, (2, 16)))
+    base = model(tokens)
+    apply_lora(model, LoraConfig(rank=4, alpha=8.0, dropout=0.5, targets=("q", "v", "down")), nnx.Rngs(1))
+    key = jax.random.key(3)
+    # B = 0: dropout on A's input changes nothing, the base path is never dropped.
+    np.testing.assert_array_equal(np.asarray(model(tokens, dropout_key=key)), np.asarray(base))
+    for name in ("wq", "wv", "w_down"):
+        b = getattr(model.layers, f"lora_b_{name}")
+        b[...] = 0.05 * jnp.ones(b.shape, b.dtype)
+    evaluated = np.asarray(model(tokens))
+    trained_a = np.asarray(model(tokens, dropout_key=key))
+    trained_b = np.asarray(model(tokens, dropout_key=key))
+    np.testing.assert_array_equal(trained_a, trained_b)  # same key, same masks
+    assert np.abs(trained_a - evaluated).max() > 1e-4  # dropout acts when a key is given
+    other = np.asarray(model(tokens, dropout_key=jax.random.key(4)))
+    assert np.abs(other - trained_a).max() > 1e-6
+    np.testing.assert_array_equal(np.asarray(model(tokens)), evaluated)  # no key: deterministic

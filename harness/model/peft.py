@@ -78,11 +78,6 @@ class LoraConfig:
             raise ConfigError(f"peft.alpha={self.alpha}: LoRA alpha must be positive")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"peft.dropout={self.dropout}: expected 0 <= dropout < 1")
-        if self.dropout > 0.0:
-            # The scanned decoder body has no RNG stream for adapter dropout yet (see docs/peft-plan.md).
-            raise ConfigError(
-                f"peft.dropout={self.dropout}: LoRA dropout is not implemented by the decoder yet; set peft.dropout=0"
-            )
         targets = tuple(self.targets)
         if not targets:
             raise ConfigError("peft.targets is empty; name at least one of q, k, v, o, gate, up, down")
@@ -142,6 +137,7 @@ def apply_lora(model: nnx.Module, config: LoraConfig, rngs: nnx.Rngs) -> nnx.Mod
         setattr(layers, f"lora_a_{name}", LoRAParam(a, axes=a_axes))
         setattr(layers, f"lora_b_{name}", LoRAParam(jnp.zeros(b_shape, dtype), axes=b_axes))
     layers.lora_scale = config.scale
+    layers.lora_dropout = config.dropout
     layers.lora_config = config
     return model
 
@@ -180,6 +176,7 @@ def merge_lora(model: nnx.Module) -> nnx.Module:
         delattr(layers, f"lora_a_{name}")
         delattr(layers, f"lora_b_{name}")
     layers.lora_scale = 0.0
+    layers.lora_dropout = 0.0
     if hasattr(layers, "lora_config"):
         delattr(layers, "lora_config")
     return model

@@ -2,12 +2,21 @@
 
 Layout: ``<run_dir>/checkpoints/<step>/`` (an orbax ``CheckpointManager`` directory), items
 
-* ``params``    the trainable variables (nnx.State),
-* ``rest``      every other model variable (frozen base weights for LoRA, RNG state),
+* ``params``    the trainable variables (nnx.State; the adapters alone for LoRA),
+* ``rest``      every other model variable (the frozen base weights), left out of adapter-only
+                checkpoints except for non-parameter variables, if a model has any,
 * ``opt_state`` the optax state (over ``params`` only),
 * ``counters``  ``step`` and ``nonfinite_step``,
 * ``data``      the data iterator's ``state()`` (JSON),
-* ``meta``      JSON: step, seed, the model's LlamaConfig, the PEFT settings, the mesh.
+* ``meta``      JSON: step, seed, the model's LlamaConfig, the PEFT settings, the mesh,
+                ``adapter_only``, and for LoRA runs ``base`` (``frozen_base.BaseSpec``: the
+                ``model.init`` to rebuild the base from, and a fingerprint of its tensors).
+
+Adapter-only checkpoints (``checkpoint.adapter_only``: null = on for LoRA runs) need the run's
+configuration to know the base: ``Checkpointer(..., run_config=...)``, by default read from the
+``config.yaml`` of the run directory that holds ``checkpoints/``. On restore the base is the one
+the caller passes (``restore_latest(abstract, base=state.rest)``) or is rebuilt from
+``meta["base"]``; a base whose fingerprint differs is a ``frozen_base.BaseMismatch``.
 
 Orbax writes each step into a temporary directory and renames it when complete, so a process
 killed mid-save leaves no step that looks complete; ``restore_latest`` additionally falls back
@@ -28,7 +37,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from harness.errors import CheckpointError
+from harness.errors import CheckpointError, ConfigError
+from harness.train.frozen_base import BaseMismatch, BaseSpec, absolute_init, fingerprint, join_base, restore_base, split_base
 from harness.train.step import TrainState
 
 log = logging.getLogger(__name__)
@@ -73,9 +83,12 @@ def _has_arrays(tree) -> bool:
 class Checkpointer:
     """Save every ``every`` steps (and at the end), keep the last ``keep``, optionally async."""
 
-    def __init__(self, directory: str | Path, *, keep: int, async_save: bool, every: int):
+    def __init__(self, directory: str | Path, *, keep: int, async_save: bool, every: int, run_config=None):
         self.directory = Path(directory).absolute()
         self.every = every
+        self.run_config = run_config if run_config is not None else _run_config_beside(self.directory)
+        self.adapter_only = adapter_only_for(self.run_config)
+        self._base_spec: BaseSpec | None = None  # computed at the first save: the base is frozen
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             enable_async_checkpointing=async_save,
@@ -96,11 +109,27 @@ class Checkpointer:
         """Start saving ``state`` as ``step`` (returns before the write ends when async)."""
         if step in self.manager.all_steps():
             return
+        trees = _split_state(state)
+        meta = {**meta, "step": step, "adapter_only": self.adapter_only}
+        if self._is_lora():
+            meta["base"] = self._base(state).to_meta()
+        if self.adapter_only:
+            trees["rest"] = split_base(state.rest)[1]  # the frozen base is rebuilt, not saved
         # orbax refuses an empty tree (``rest`` of a full fine-tune holds nothing): leave it out
-        items = {name: ocp.args.StandardSave(tree) for name, tree in _split_state(state).items() if _has_arrays(tree)}
+        items = {name: ocp.args.StandardSave(tree) for name, tree in trees.items() if _has_arrays(tree)}
         items["data"] = ocp.args.JsonSave(data_state or {})
-        items["meta"] = ocp.args.JsonSave({**meta, "step": step})
+        items["meta"] = ocp.args.JsonSave(meta)
         self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+    def _is_lora(self) -> bool:
+        return self.run_config is not None and self.run_config.peft.method == "lora"
+
+    def _base(self, state: TrainState) -> BaseSpec:
+        if self._base_spec is None:
+            model = self.run_config.model
+            self._base_spec = BaseSpec(init=absolute_init(model.init), param_dtype=model.param_dtype,
+                                       seed=self.run_config.seed, fingerprint=fingerprint(split_base(state.rest)[0]))
+        return self._base_spec
 
     def wait(self) -> None:
         """Block until every pending asynchronous save is on disk."""
@@ -111,27 +140,43 @@ class Checkpointer:
         self.manager.wait_until_finished()
         self.manager.close()
 
-    def restore(self, step: int, abstract: TrainState) -> Restored:
-        """Restore ``step`` onto the shardings of ``abstract`` (ShapeDtypeStructs with shardings)."""
+    def restore(self, step: int, abstract: TrainState, base=None) -> Restored:
+        """Restore ``step`` onto the shardings of ``abstract`` (ShapeDtypeStructs with shardings).
+
+        For an adapter-only checkpoint the frozen base is ``base`` (the caller's ``state.rest``,
+        real arrays) when given, else rebuilt from the checkpoint's ``meta["base"]``; either way
+        its fingerprint is checked (BaseMismatch when it is not the base of the checkpoint).
+        """
         trees = _split_state(abstract)
+        meta = read_meta(self.directory, step)
+        adapter_only = bool(meta.get("adapter_only"))
+        if adapter_only:
+            abstract_base, trees["rest"] = split_base(abstract.rest)
         items = {name: ocp.args.StandardRestore(tree) for name, tree in trees.items() if _has_arrays(tree)}
         items["data"] = ocp.args.JsonRestore()
         items["meta"] = ocp.args.JsonRestore()
         out = self.manager.restore(step, args=ocp.args.Composite(**items))
-        state = _join_state({name: out[name] if name in items else trees[name] for name in STATE_ITEMS})
+        restored = {name: out[name] if name in items else trees[name] for name in STATE_ITEMS}
+        if adapter_only:
+            where = str(self.directory / str(step))
+            spec = BaseSpec.from_meta(meta, where)
+            restored["rest"] = join_base(restore_base(spec, abstract_base, where, given=base), restored["rest"])
         data = out["data"] or None
-        return Restored(step=step, state=state, data_state=data, meta=dict(out["meta"] or {}))
+        return Restored(step=step, state=_join_state(restored), data_state=data, meta=dict(out["meta"] or {}))
 
-    def restore_latest(self, abstract: TrainState) -> Restored | None:
+    def restore_latest(self, abstract: TrainState, base=None) -> Restored | None:
         """The newest readable checkpoint (older ones if the newest is corrupt), or None if none.
 
-        Raises CheckpointError when checkpoints exist but none can be read.
+        ``base``: see ``restore``. Raises CheckpointError when checkpoints exist but none can be
+        read, and BaseMismatch at once when the base is not the checkpoint's.
         """
         steps = self.steps()
         failures = []
         for step in reversed(steps):
             try:
-                return self.restore(step, abstract)
+                return self.restore(step, abstract, base=base)
+            except BaseMismatch:  # not a damaged file: an older step has the same base
+                raise
             except Exception as exc:  # orbax raises many types for truncated/missing files
                 failures.append(f"step {step}: {type(exc).__name__}: {str(exc)[:200]}")
                 older = [s for s in steps if s < step]
@@ -145,6 +190,28 @@ class Checkpointer:
                 "delete the directory to start the run over"
             )
         return None
+
+
+def adapter_only_for(run_config) -> bool:
+    """Whether a run's checkpoints leave the frozen base out (``checkpoint.adapter_only``,
+    null = exactly when the run trains LoRA adapters). Without a run config: never."""
+    if run_config is None:
+        return False
+    setting = run_config.checkpoint.adapter_only
+    return run_config.peft.method == "lora" if setting is None else bool(setting)
+
+
+def _run_config_beside(directory: Path):
+    """The run config of the run directory holding ``directory`` (``<run>/checkpoints``), or None."""
+    path = directory.parent / "config.yaml"
+    if directory.name != CHECKPOINT_DIR or not path.is_file():
+        return None
+    from harness.config import load_run_config
+
+    try:
+        return load_run_config(path)
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: the run's config cannot be read for its checkpoints: {exc}") from None
 
 
 # --------------------------------------------------------------------------- loading a trained model
@@ -185,6 +252,18 @@ def read_meta(directory: Path, step: int) -> dict[str, Any]:
     raise CheckpointError(f"checkpoint {directory / str(step)} has no readable meta item")
 
 
+def run_meta(path: str | Path, *, step: int | None = None) -> dict[str, Any]:
+    """The ``meta`` of a run directory's newest (or ``step``'s) complete checkpoint."""
+    directory, wanted, _ = _checkpoint_location(Path(path))
+    wanted = step if step is not None else wanted
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
+    steps = sorted(manager.all_steps())
+    manager.close()
+    if not steps:
+        raise CheckpointError(f"{directory} holds no complete checkpoint")
+    return read_meta(directory, wanted if wanted is not None else steps[-1])
+
+
 def build_model_from_meta(meta: dict[str, Any], *, seed: int = 0):
     """An (uninitialised-weights) model with the architecture and adapters recorded in ``meta``."""
     from flax import nnx
@@ -207,7 +286,8 @@ def load_from_run(path: str | Path, *, dtype: str | None = None, mesh=None, step
     """(model, tokenizer) from a run directory, its ``checkpoints/`` or one checkpoint step.
 
     The architecture (and LoRA adapters) come from the checkpoint's metadata; only the model
-    items (``params``, ``rest``) are read, never the optimizer state. ``dtype`` casts floating
+    items (``params``, ``rest``) are read, never the optimizer state. An adapter-only checkpoint's
+    base is rebuilt from its ``meta["base"]`` and checked against the recorded fingerprint. ``dtype`` casts floating
     parameters (e.g. "bfloat16" for evaluation); ``mesh`` places them by their logical axes
     (default: the first device); ``step`` picks a checkpoint (default: the path's step, else the
     newest). The tokenizer is the one the run saved in ``<run>/tokenizer`` (None when the run
@@ -244,11 +324,19 @@ def load_from_run(path: str | Path, *, dtype: str | None = None, mesh=None, step
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), tree, shardings
         )
 
+    adapter_only = bool(meta.get("adapter_only"))
+    if adapter_only:
+        abstract_base, rest = split_base(rest)
     wanted_items = {"params": params, "rest": rest}
     args = {name: ocp.args.StandardRestore(target(tree)) for name, tree in wanted_items.items() if _has_arrays(tree)}
     out = manager.restore(chosen, args=ocp.args.Composite(**args))
     manager.close()
-    model = nnx.merge(graphdef, out["params"], out["rest"] if "rest" in args else rest)
+    rest = out["rest"] if "rest" in args else rest
+    if adapter_only:
+        where = str(directory / str(chosen))
+        base = restore_base(BaseSpec.from_meta(meta, where), target(abstract_base), where)
+        rest = join_base(base, rest)
+    model = nnx.merge(graphdef, out["params"], rest)
     if dtype is not None:
         wanted_dtype = jnp.dtype(dtype)
 

@@ -146,7 +146,8 @@ def _run(config: RunConfig, run_dir: Path, record: RunRecord) -> TrainResult:
     lora_count = trainable_count if config.peft.method == "lora" else 0
     peak = config.logging.peak_flops_per_device or peak_flops(jax.devices()[0].device_kind)
     step_fn = TrainStep(graphdef, tx, trainable, accumulation_steps=config.train.accumulation_steps,
-                        mesh=mesh, state_shardings=shardings, schedule=schedule)
+                        mesh=mesh, state_shardings=shardings, schedule=schedule,
+                        dropout_seed=config.seed)
     record.update(
         devices=setup.device_summary(), mesh=setup.mesh_description(mesh), total_steps=steps_total,
         params=optim.count_params(state.params) + optim.count_params(state.rest), trainable_params=trainable_count,

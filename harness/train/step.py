@@ -156,9 +156,12 @@ def _eval_state(model_fn, tx, trainable):
     return holder["graphdef"], shapes
 
 
-def token_loss_sum(model, micro: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-    """(sum of cross-entropy over loss_mask tokens, number of those tokens) of one micro-batch."""
-    logits = model(micro["tokens"], micro["positions"], micro["segment_ids"])
+def token_loss_sum(model, micro: dict[str, jax.Array], dropout_key=None) -> tuple[jax.Array, jax.Array]:
+    """(sum of cross-entropy over loss_mask tokens, number of those tokens) of one micro-batch.
+
+    ``dropout_key`` enables training-time LoRA dropout (a no-op for models without it).
+    """
+    logits = model(micro["tokens"], micro["positions"], micro["segment_ids"], dropout_key=dropout_key)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), micro["targets"])
     mask = micro["loss_mask"].astype(bool)
     return jnp.sum(jnp.where(mask, ce, 0.0)), jnp.sum(mask, dtype=jnp.int32)
@@ -175,16 +178,26 @@ def _split_micro(batch: dict[str, jax.Array], accumulation_steps: int) -> dict[s
     return {k: split(batch[k]) for k in BATCH_KEYS}
 
 
-def make_step_fn(graphdef, tx: optax.GradientTransformation, trainable, accumulation_steps: int, schedule=None):
+def make_step_fn(
+    graphdef, tx: optax.GradientTransformation, trainable, accumulation_steps: int, schedule=None,
+    dropout_seed: int | None = None,
+):
     """The pure step function ``(state, batch) -> (state, metrics)`` (not yet jitted).
 
     ``metrics``: loss, grad_norm (before clipping), loss_tokens, and with ``schedule`` the lr
-    this step's update used.
+    this step's update used. With ``dropout_seed`` the dropout key of a step is
+    ``fold_in(fold_in(key(seed), step), micro_batch)``: a function of the step alone, so a
+    resumed run draws the same masks as an uninterrupted one.
     """
 
-    def loss_fn(params, rest, micro, total):
+    def dropout_key(step, micro_index):
+        if dropout_seed is None:
+            return None
+        return jax.random.fold_in(jax.random.fold_in(jax.random.key(dropout_seed), step), micro_index)
+
+    def loss_fn(params, rest, micro, total, key):
         model = nnx.merge(graphdef, params, rest)
-        loss_sum, _ = token_loss_sum(model, micro)
+        loss_sum, _ = token_loss_sum(model, micro, key)
         _, _, new_rest = nnx.split(model, trainable, ...)
         return loss_sum / total, new_rest
 
@@ -193,18 +206,19 @@ def make_step_fn(graphdef, tx: optax.GradientTransformation, trainable, accumula
     def step(state: TrainState, batch: dict[str, jax.Array]):
         total = jnp.maximum(jnp.sum(batch["loss_mask"].astype(bool), dtype=jnp.int32), 1).astype(jnp.float32)
         if accumulation_steps == 1:
-            (loss, rest), grads = grad_fn(state.params, state.rest, batch, total)
+            (loss, rest), grads = grad_fn(state.params, state.rest, batch, total, dropout_key(state.step, 0))
         else:
             micros = _split_micro(batch, accumulation_steps)
             zeros = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
 
-            def body(carry, micro):
+            def body(carry, indexed_micro):
                 grad_acc, loss_acc, rest = carry
-                (loss, rest), grads = grad_fn(state.params, rest, micro, total)
+                index, micro = indexed_micro
+                (loss, rest), grads = grad_fn(state.params, rest, micro, total, dropout_key(state.step, index))
                 grad_acc = jax.tree_util.tree_map(lambda a, g: a + g.astype(jnp.float32), grad_acc, grads)
                 return (grad_acc, loss_acc + loss, rest), None
 
-            (grads, loss, rest), _ = jax.lax.scan(body, (zeros, jnp.zeros((), jnp.float32), state.rest), micros)
+            (grads, loss, rest), _ = jax.lax.scan(body, (zeros, jnp.zeros((), jnp.float32), state.rest), (jnp.arange(accumulation_steps), micros))
             grads = jax.tree_util.tree_map(lambda g, p: g.astype(p.dtype), grads, state.params)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (state.nonfinite_step < 0)
@@ -247,12 +261,13 @@ class TrainStep:
         state_shardings: TrainState,
         donate: bool = True,
         schedule=None,
+        dropout_seed: int | None = None,
     ):
         self.mesh = mesh
         replicated = NamedSharding(mesh, PartitionSpec())
         batch_shardings = {k: batch_sharding(mesh) for k in BATCH_KEYS}
         self._jitted = jax.jit(
-            make_step_fn(graphdef, tx, trainable, accumulation_steps, schedule),
+            make_step_fn(graphdef, tx, trainable, accumulation_steps, schedule, dropout_seed),
             in_shardings=(state_shardings, batch_shardings),
             out_shardings=(state_shardings, replicated),
             donate_argnums=(0,) if donate else (),
