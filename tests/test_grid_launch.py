@@ -29,6 +29,8 @@ import yaml
 args = sys.argv[1:]
 with open(os.environ["GRID_TEST_CALLS"], "a") as handle:
     handle.write(json.dumps(args) + "\n")
+with open(os.environ["GRID_TEST_CALLS"] + ".env", "a") as handle:
+    handle.write(json.dumps(os.environ.get("JAX_COMPILATION_CACHE_DIR")) + "\n")
 def put(path, value):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp"); tmp.write_text(json.dumps(value)); os.replace(tmp, path)
@@ -40,9 +42,13 @@ if args[0] == "train":
     (run / "metrics.jsonl").write_text(json.dumps({"step": 2, "loss": config["train"]["lr"] * 100}) + "\n")
     put(run / "run.json", {"status": "done", "data": {"instances": 40}})
 elif args[:2] == ["eval", "winrate"]:
-    run, baseline = Path(args[2]), Path(args[args.index("--baseline") + 1])
-    put(run / "eval" / "winrate.json", {"task": "winrate", "protocol": "pairwise", "score": 60.0, "metrics": {},
-        "n": 5, "records": [], "baseline": str(baseline), "judge": {"name": args[args.index("--judge") + 1]}})
+    runs, baseline = args[2:args.index("--baseline")], Path(args[args.index("--baseline") + 1])
+    for run in map(Path, runs):
+        if run.name == os.environ.get("GRID_TEST_WINRATE_FAIL"):
+            print(f"error: {run}: simulated judge failure", file=sys.stderr); continue
+        put(run / "eval" / "winrate.json", {"task": "winrate", "protocol": "pairwise", "score": 60.0, "metrics": {},
+            "n": 5, "records": [], "baseline": str(baseline), "judge": {"name": args[args.index("--judge") + 1]}})
+    sys.exit(1 if os.environ.get("GRID_TEST_WINRATE_FAIL") in [Path(r).name for r in runs] else 0)
 else:
     run = Path(args[1]); tasks = args[args.index("--tasks") + 1].split(",")
     protocol = args[args.index("--protocol") + 1]
@@ -121,6 +127,30 @@ def test_crash_is_isolated_and_rerun_skips_what_is_done(grid, monkeypatch):
     third = len(_calls(calls))
     run_grid(loaded, cells, runs_dir=runs, out_dir=out, progress=lambda m: None)
     assert len(_calls(calls)) == third  # a finished grid starts no process at all
+
+
+def test_compare_judges_a_baseline_group_in_one_process(grid, monkeypatch):
+    """Both cells of the self_instruct baseline are judged by one winrate process (one judge load);
+    a cell the judge fails on is the only failure and is judged again on the next run."""
+    loaded, cells, runs, out, calls = grid
+    by_data = {c.labels["data"]: c for c in cells}
+    monkeypatch.setenv("GRID_TEST_WINRATE_FAIL", by_data["sharegpt"].id)
+    report = run_grid(loaded, cells, runs_dir=runs, out_dir=None, progress=lambda m: None)
+    winrate_calls = [a for a in _calls(calls) if a[:2] == ["eval", "winrate"]]
+    assert len(winrate_calls) == 1
+    assert winrate_calls[0][2:4] == [str(runs / by_data["flan"].id), str(runs / by_data["sharegpt"].id)]
+    assert [(o.cell_id, o.failed) for o in report.failed] == [(by_data["sharegpt"].id, "winrate")]
+    assert report.failed[0].log == str(runs / by_data["self_instruct"].id / "logs" / "compare.log")
+    assert "simulated judge failure" in Path(report.failed[0].log).read_text()
+    assert (runs / by_data["flan"].id / "eval" / "winrate.json").exists()
+    # every stage process shares one jax compilation cache under the runs folder
+    caches = {json.loads(line) for line in Path(f"{calls}.env").read_text().splitlines()}
+    assert caches == {str((runs / ".jax_cache").resolve())}
+    monkeypatch.delenv("GRID_TEST_WINRATE_FAIL")
+    before = len(_calls(calls))
+    report = run_grid(loaded, cells, runs_dir=runs, out_dir=None, progress=lambda m: None)
+    assert not report.failed
+    assert [a[2:3] for a in _calls(calls)[before:]] == [[str(runs / by_data["sharegpt"].id)]]
 
 
 def test_new_eval_task_reuses_trained_cells(grid):

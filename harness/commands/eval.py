@@ -14,6 +14,7 @@ WINRATE_HELP = """Win rate of a model's AlpacaFarm outputs against a baseline's,
 harness eval winrate --annotations annotations.json
 harness eval winrate --model-outputs A.json --baseline-outputs B.json --judge local
 harness eval winrate runs/CELL --baseline runs/BASE --judge openai --judge-model gpt-4o-mini
+harness eval winrate runs/A runs/B runs/C --baseline runs/BASE --judge local   (one judge load for all)
 """
 
 
@@ -77,7 +78,8 @@ def run_command(
 
 @eval_app.command("winrate", help=WINRATE_HELP)
 def winrate_command(
-    run: Optional[Path] = typer.Argument(None, help="run directory whose AlpacaFarm outputs are judged"),
+    runs: Optional[list[Path]] = typer.Argument(None, metavar="[RUN]...",
+                                                help="run directories whose AlpacaFarm outputs are judged"),
     annotations: Optional[Path] = typer.Option(None, "--annotations", help="alpaca_eval annotations.json to recompute"),
     model_outputs: Optional[Path] = typer.Option(None, "--model-outputs", help="model_outputs.json of the model"),
     baseline_outputs: Optional[Path] = typer.Option(None, "--baseline-outputs", help="model_outputs.json of the baseline"),
@@ -98,13 +100,45 @@ def winrate_command(
 ) -> None:
     from harness.eval import winrate_cli
 
-    winrate_cli.main(winrate_cli.WinrateArgs(
-        run=run, annotations=annotations, model_outputs=model_outputs, baseline_outputs=baseline_outputs,
-        baseline=baseline, reference=reference, judge=judge, judge_model=judge_model, base_url=base_url,
+    runs = list(runs or [])
+    args = winrate_cli.WinrateArgs(
+        run=runs[0] if runs else None, annotations=annotations, model_outputs=model_outputs,
+        baseline_outputs=baseline_outputs, baseline=baseline, reference=reference, judge=judge, judge_model=judge_model, base_url=base_url,
         api_key_env=api_key_env, prompt_file=prompt_file, requests_per_minute=requests_per_minute,
         max_retries=max_retries, both_orders=not single_order, cache=cache, limit=limit, out=out,
         batch_size=batch_size,
-    ))
+    )
+    if len(runs) <= 1:
+        winrate_cli.main(args)
+        return
+    _winrate_many(args, runs, winrate_cli)
+
+
+def _winrate_many(args, runs: list[Path], winrate_cli) -> None:
+    """Judge several runs against one baseline with one judge (a local judge is loaded once).
+
+    A run that fails is reported and the others are still judged; the command then fails naming
+    every failed run, so a caller (``harness grid``) can tell which results exist.
+    """
+    import dataclasses
+    import sys
+
+    from harness.errors import EvalError, HarnessError
+
+    if any(value is not None for value in (args.out, args.model_outputs, args.cache, args.annotations)):
+        raise EvalError("several RUNs: --out, --model-outputs, --cache and --annotations name one run's files; "
+                        "give one RUN with them, or drop them (each run writes to <run>/eval)")
+    judge = winrate_cli.build_judge(args)
+    failed = []
+    for run in runs:
+        print(f"== {run}", flush=True)
+        try:
+            winrate_cli.main(dataclasses.replace(args, run=run), judge=judge)
+        except HarnessError as exc:
+            print(f"error: {run}: {exc}", file=sys.stderr, flush=True)
+            failed.append(str(run))
+    if failed:
+        raise EvalError(f"winrate failed for {len(failed)} of {len(runs)} runs: {', '.join(failed)}")
 
 
 def register(app: typer.Typer) -> None:

@@ -40,7 +40,7 @@ def run_local(tasks: list[CellTask], progress: Progress = print) -> list[CellOut
     for index, task in enumerate(tasks, 1):
         progress(f"[{index}/{len(tasks)}] cell {task.cell_id} ({task.label_text})")
         try:
-            outcome = run_cell(task.run_dir, task.cell_id, task.eval_spec, env=child_env())
+            outcome = run_cell(task.run_dir, task.cell_id, task.eval_spec, env=child_env(task.run_dir.parent))
         except OSError as exc:  # the run directory itself is unusable
             outcome = CellOutcome(task.cell_id, failed="prepare", message=str(exc))
         outcomes.append(outcome)
@@ -61,7 +61,8 @@ def slurm_cell_job(run_dir: str, cell_id: str, eval_spec: dict[str, Any]) -> Cel
     import submitit
 
     rank = submitit.JobEnvironment().global_rank
-    return run_cell(Path(run_dir), cell_id, EvalSpec.model_validate(eval_spec), rank=rank, env=child_env())
+    return run_cell(Path(run_dir), cell_id, EvalSpec.model_validate(eval_spec), rank=rank,
+                    env=child_env(Path(run_dir).parent))
 
 
 @dataclass

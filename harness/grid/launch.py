@@ -16,7 +16,7 @@ from typing import Literal
 from harness.grid import rundir
 from harness.grid.executors import CellTask, SlurmOptions, run_local, run_slurm
 from harness.grid.spec import Cell, EvalSpec, LoadedSpec
-from harness.grid.stages import CellOutcome, child_env, missing_evals, prepare_cell, run_winrate
+from harness.grid.stages import CellOutcome, child_env, missing_evals, prepare_cell, run_winrate_group
 
 Progress = Callable[[str], None]
 
@@ -73,23 +73,33 @@ def prepare(loaded: LoadedSpec, cells: list[Cell], runs_dir: Path) -> None:
 
 def compare_stage(loaded: LoadedSpec, cells: list[Cell], runs_dir: Path, failed_ids: set[str],
                   progress: Progress = print) -> list[CellOutcome]:
-    """Judge every cell against its baseline (both must have finished); cached verdicts are reused."""
+    """Judge every cell against its baseline (both must have finished); cached verdicts are reused.
+
+    The cells of one baseline are judged by one process, which loads the judge once.
+    """
     compare = loaded.spec.compare
     if compare is None:
         return []
-    outcomes = []
+    groups: dict[str, list[Cell]] = {}
     for cell in cells:
         if not cell.baseline:
             continue
         if cell.id in failed_ids or cell.baseline in failed_ids:
             progress(f"compare {cell.label_text()}: skipped (the cell or its baseline failed)")
             continue
-        outcome = run_winrate(runs_dir / cell.id, runs_dir / cell.baseline, compare, env=child_env())
-        if outcome.ran:
-            progress(f"compare {cell.label_text()} vs baseline {cell.baseline}: judged")
-        if not outcome.ok:
-            progress(f"compare {cell.label_text()}: FAILED, see {outcome.log}")
-        outcomes.append(outcome)
+        groups.setdefault(cell.baseline, []).append(cell)
+    outcomes = []
+    for baseline, members in groups.items():
+        by_id = {c.id: c for c in members}
+        results = run_winrate_group([runs_dir / c.id for c in members], runs_dir / baseline, compare,
+                                    env=child_env(runs_dir))
+        for outcome in results:
+            cell = by_id[outcome.cell_id]
+            if outcome.ran:
+                progress(f"compare {cell.label_text()} vs baseline {baseline}: judged")
+            if not outcome.ok:
+                progress(f"compare {cell.label_text()}: FAILED, see {outcome.log}")
+        outcomes += results
     return outcomes
 
 

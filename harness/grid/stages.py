@@ -2,9 +2,10 @@
 
 ``train`` runs ``harness train runs/<id>/cell.yaml --run-dir runs/<id>`` (which resumes from the
 latest checkpoint by itself), ``eval`` runs ``harness eval runs/<id> --tasks ...`` for the tasks
-whose result is missing, and ``winrate`` runs ``harness eval winrate`` of a cell against its
-baseline cell. Subprocesses isolate crashes: a failing cell leaves a log and a ``failed`` stage
-in grid.json, and the grid goes on with the others. A finished stage is never run again.
+whose result is missing, and ``winrate`` runs ``harness eval winrate`` of the cells against
+their baseline cell (one process per baseline, so the judge is loaded once). Subprocesses
+isolate crashes: a failing cell leaves a log and a ``failed`` stage in grid.json, and the grid
+goes on with the others. A finished stage is never run again.
 """
 
 from __future__ import annotations
@@ -208,36 +209,65 @@ def winrate_current(run_dir: Path, baseline_id: str, compare: CompareSpec) -> bo
     return same_baseline and (judge_name is None or str(judge_name) == compare.judge or compare.judge in str(judge_name))
 
 
-def winrate_command(run_dir: Path, baseline_dir: Path, compare: CompareSpec) -> list[str]:
-    """The ``harness eval winrate`` command judging a cell against its baseline cell."""
-    return [*harness_command(), "eval", "winrate", str(run_dir), "--baseline", str(baseline_dir),
+def winrate_command(run_dirs: list[Path], baseline_dir: Path, compare: CompareSpec) -> list[str]:
+    """The ``harness eval winrate`` command judging cells against their (common) baseline cell.
+
+    Several runs go to one process, so a local judge model is loaded (and compiled) once for all.
+    """
+    return [*harness_command(), "eval", "winrate", *map(str, run_dirs), "--baseline", str(baseline_dir),
             "--judge", compare.judge, *compare.args]
 
 
-def run_winrate(run_dir: Path, baseline_dir: Path, compare: CompareSpec,
-                env: dict[str, str] | None = None) -> CellOutcome:
-    """The compare stage of one cell: judge it against its baseline unless that is cached."""
-    outcome = CellOutcome(run_dir.name)
-    if winrate_current(run_dir, baseline_dir.name, compare):
-        outcome.skipped.append("winrate")
-        return outcome
-    log = run_dir / "logs" / "winrate.log"
-    rundir.update_grid_record(run_dir, stages=rundir.stage_started("winrate", log))
+def run_winrate_group(run_dirs: list[Path], baseline_dir: Path, compare: CompareSpec,
+                      env: dict[str, str] | None = None) -> list[CellOutcome]:
+    """The compare stage of the cells judged against one baseline, in one ``harness eval winrate``.
+
+    Cells whose verdict against this baseline is cached are skipped; the others share one
+    process and one log (``<baseline>/logs/compare.log``). A cell without its winrate.json
+    afterwards failed, whatever the exit status; the others keep their results.
+    """
+    outcomes = {run_dir.name: CellOutcome(run_dir.name) for run_dir in run_dirs}
+    todo = []
+    for run_dir in run_dirs:
+        if winrate_current(run_dir, baseline_dir.name, compare):
+            outcomes[run_dir.name].skipped.append("winrate")
+        else:
+            todo.append(run_dir)
+    if not todo:
+        return list(outcomes.values())
+    log = baseline_dir / "logs" / "compare.log"
+    for run_dir in todo:
+        rundir.update_grid_record(run_dir, stages=rundir.stage_started("winrate", log))
     started = time.time()
-    code = _run_logged(winrate_command(run_dir, baseline_dir, compare), log, env)
-    if code == 0 and rundir.eval_result(run_dir, "winrate") is None:
-        code = 1
-        with open(log, "a", encoding="utf-8") as handle:
-            handle.write("harness grid: winrate exited 0 but wrote no eval/winrate.json\n")
-    rundir.update_grid_record(run_dir, stages=rundir.stage_finished("winrate", log, code, started,
-                                                                     baseline=baseline_dir.name))
-    if code != 0:
-        outcome.failed, outcome.log, outcome.message = "winrate", str(log), _tail(log)
-    else:
-        outcome.ran.append("winrate")
-    return outcome
+    code = _run_logged(winrate_command(todo, baseline_dir, compare), log, env)
+    for run_dir in todo:
+        judged = winrate_current(run_dir, baseline_dir.name, compare)
+        cell_code = 0 if judged else (code or 1)
+        rundir.update_grid_record(run_dir, stages=rundir.stage_finished(
+            "winrate", log, cell_code, started, baseline=baseline_dir.name, judged_with=len(todo)))
+        outcome = outcomes[run_dir.name]
+        if judged:
+            outcome.ran.append("winrate")
+        else:
+            outcome.failed, outcome.log, outcome.message = "winrate", str(log), _tail(log)
+    return list(outcomes.values())
 
 
-def child_env() -> dict[str, str]:
-    """The environment for stage subprocesses (unbuffered output so logs are live)."""
-    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+COMPILATION_CACHE = ".jax_cache"
+
+
+def child_env(runs_dir: Path | None = None) -> dict[str, str]:
+    """The environment for stage subprocesses: unbuffered output (live logs), and a shared
+    jax compilation cache under ``runs_dir`` (unless one is configured already).
+
+    Every cell of a grid compiles the same train step, eval and judge programs; with the
+    persistent cache only the first process compiles them (the quickstart's train stage drops
+    from ~23 to ~8 CPU seconds per cell). Entries are keyed by program and jax/XLA version, so
+    a stale one is never used.
+    """
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if runs_dir is not None and not env.get("JAX_COMPILATION_CACHE_DIR"):
+        env["JAX_COMPILATION_CACHE_DIR"] = str(Path(runs_dir).resolve() / COMPILATION_CACHE)
+        env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+        env.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    return env

@@ -189,7 +189,7 @@ def restore_base(spec: BaseSpec, abstract_base: nnx.State, where: str, given: nn
     placed = jax.tree_util.tree_map(lambda x, s: jax.device_put(x, getattr(s, "sharding", None)),
                                     nnx.to_pure_dict(given), target)
     out = jax.tree_util.tree_map(lambda s: s, abstract_base)
-    out.replace_by_pure_dict(placed)
+    nnx.replace_by_pure_dict(out, placed)
     return out
 
 
