@@ -173,10 +173,14 @@ def test_real_tiny_cell_on_slurm(slurm_cluster, tmp_path):
 
     quickstart = Path(__file__).resolve().parents[1] / "experiments" / "quickstart.yaml"
     spec = tmp_path / "grid.yaml"
-    # one cell, MMLU only, to keep the test short; everything else is the shipped quickstart
+    # one cell, 4 steps, MMLU only on 2 questions per subject, to keep the test short; everything
+    # else is the shipped quickstart
     text = quickstart.read_text().replace("${assets}", str(ASSETS_DIR))
-    assert "tasks: [mmlu, bbh, alpacafarm]" in text
-    spec.write_text(text.replace("tasks: [mmlu, bbh, alpacafarm]", "tasks: [mmlu]"))
+    for old, new in (("tasks: [mmlu, bbh, alpacafarm]", "tasks: [mmlu]"), ("limit: 16", "limit: 2"),
+                     ("steps: 20", "steps: 4")):
+        assert old in text, old
+        text = text.replace(old, new)
+    spec.write_text(text)
     loaded = load_grid_spec(spec)
     cells = expand(loaded)
     selected = select_cells(cells, parse_only(["data=self_instruct"], loaded))

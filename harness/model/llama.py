@@ -252,9 +252,11 @@ class DecoderStack(nnx.Module):
                 out = out + lora_scale * jnp.einsum(b_spec, low, weights[f"lora_b_{name}"].astype(cdt))
             return out
 
+        # The stacked cache rides in the scan carry and is updated in place at [layer, :, index]:
+        # as a scanned input/output it would be copied whole at every decode step.
         def body(carry, layer):
-            h = carry
-            weights, layer_cache = layer
+            h, cache_kv = carry
+            weights, layer_index = layer
             normed = rms_norm(h, weights["attn_norm"], c.norm_eps)
             q = project(normed, "wq", "bld,dhk->blhk", weights)
             k = project(normed, "wk", "bld,dhk->blhk", weights)
@@ -262,12 +264,13 @@ class DecoderStack(nnx.Module):
             q = constrain(apply_rope(q, cos, sin), ("batch", "length", "act_heads", None))
             k = constrain(apply_rope(k, cos, sin), ("batch", "length", "act_kv_heads", None))
             v = constrain(v, ("batch", "length", "act_kv_heads", None))
-            new_cache = None
-            if layer_cache is not None:
-                k_all = jax.lax.dynamic_update_slice_in_dim(layer_cache["k"], k.astype(layer_cache["k"].dtype), cache_index, axis=1)
-                v_all = jax.lax.dynamic_update_slice_in_dim(layer_cache["v"], v.astype(layer_cache["v"].dtype), cache_index, axis=1)
-                new_cache = {"k": k_all, "v": v_all}
-                k, v = k_all.astype(cdt), v_all.astype(cdt)
+            if cache_kv is not None:
+                start = (layer_index, 0, cache_index, 0, 0)
+                cache_k = jax.lax.dynamic_update_slice(cache_kv["k"], k[None].astype(cache_kv["k"].dtype), start)
+                cache_v = jax.lax.dynamic_update_slice(cache_kv["v"], v[None].astype(cache_kv["v"].dtype), start)
+                cache_kv = {"k": cache_k, "v": cache_v}
+                k = jax.lax.dynamic_index_in_dim(cache_k, layer_index, 0, keepdims=False).astype(cdt)
+                v = jax.lax.dynamic_index_in_dim(cache_v, layer_index, 0, keepdims=False).astype(cdt)
             attn = attention.attend(q, k, v, mask, impl=c.attention_impl)
             out = project(attn, "wo", "blhk,hkd->bld", weights)
             h = constrain(h + out.astype(h.dtype), ("batch", "length", "act_embed"))
@@ -277,13 +280,14 @@ class DecoderStack(nnx.Module):
             hidden = constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
             down = project(hidden, "w_down", "blf,fd->bld", weights)
             h = constrain(h + down.astype(h.dtype), ("batch", "length", "act_embed"))
-            return h, new_cache
+            return (h, cache_kv), None
 
         body = _remat(body, c.remat)
         weights = self.layer_weights()
         if rate > 0.0:
             weights["dropout_key"] = jax.random.split(dropout_key, c.num_layers)
-        x, new_cache = jax.lax.scan(body, x, (weights, cache))
+        layer_indices = jnp.arange(c.num_layers, dtype=jnp.int32)
+        (x, new_cache), _ = jax.lax.scan(body, (x, cache), (weights, layer_indices))
         return x, new_cache
 
 

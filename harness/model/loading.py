@@ -38,23 +38,20 @@ def _hf_tokenizer(directory: Path):
 
 
 def init_model(name: str, *, dtype: str = "float32", mesh=None, seed: int = 0) -> Llama:
-    """A randomly initialised preset; with ``mesh`` each parameter is created already sharded."""
-    import jax
+    """A randomly initialised preset, exactly ``Llama(config, rngs=nnx.Rngs(seed))``.
+
+    With ``mesh`` the same values are then placed by their logical axes, so a seed gives the same
+    weights on any mesh (a run resumed or rebuilt on another mesh starts from the same base).
+    Random init is for tests and small runs; big models come from ``hf:`` / ``gguf:`` weights,
+    which stream straight to their shards.
+    """
     from flax import nnx
 
-    from harness.model.sharding import named_shardings
+    from harness.model.sharding import shard_model
 
     config = get_config(name, param_dtype=dtype, compute_dtype=dtype)
-    if mesh is None:  # exactly what Llama(config, rngs=nnx.Rngs(seed)) gives anywhere else
-        return Llama(config, rngs=nnx.Rngs(seed))
-    # Initialise inside jit with the parameters' shardings as outputs, so no device (or the host)
-    # ever holds an unsharded copy. The values equal the eager init up to float rounding (XLA
-    # fuses the scaling of the normal draws differently), not bit for bit.
-    abstract = nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(seed)))
-    graphdef, abstract_state = nnx.split(abstract)
-    shardings = named_shardings(abstract_state, mesh)
-    state = jax.jit(lambda: nnx.state(Llama(config, rngs=nnx.Rngs(seed))), out_shardings=shardings)()
-    return nnx.merge(graphdef, state)
+    model = Llama(config, rngs=nnx.Rngs(seed))
+    return model if mesh is None else shard_model(model, mesh)
 
 
 def load_model(spec: str | os.PathLike, *, dtype: str = "float32", mesh=None, seed: int = 0):

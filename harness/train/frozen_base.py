@@ -21,7 +21,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
 
@@ -192,7 +191,3 @@ def restore_base(spec: BaseSpec, abstract_base: nnx.State, where: str, given: nn
     nnx.replace_by_pure_dict(out, placed)
     return out
 
-
-def base_nbytes(base: nnx.State) -> int:
-    """Bytes of the base parameters (what an adapter-only checkpoint does not write)."""
-    return int(sum(np.dtype(x.dtype).itemsize * x.size for x in jax.tree_util.tree_leaves(base)))
