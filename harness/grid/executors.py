@@ -150,9 +150,11 @@ def run_slurm(tasks: list[CellTask], spec: SlurmSpec, options: SlurmOptions, run
         queued = _queued([jobs[cid][1].job_id for cid in waiting])
         for cid in waiting:
             task, job = jobs[cid]
+            if queued is not None and job.job_id in queued:
+                continue  # still pending or running (asking job.done() now would ask sacct)
             if job.done():
                 outcomes[cid] = _collect(task, job)
-            elif queued is not None and job.job_id not in queued:
+            elif queued is not None:
                 # left the queue; give the result file a grace period to appear on shared disks
                 first = gone_since.setdefault(cid, time.time())
                 if time.time() - first > 10:

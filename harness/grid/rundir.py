@@ -20,6 +20,8 @@ from typing import Any
 CELL_CONFIG = "cell.yaml"
 GRID_RECORD = "grid.json"
 RUN_RECORD = "run.json"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once at import: the process's umask, restored at once
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -29,6 +31,7 @@ def write_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would make results unreadable to others
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -13,6 +13,9 @@ from pathlib import Path
 import pandas as pd
 
 SURVEY_SUFFIX = " (published)"
+BASELINE_MARK = "/*"
+# no creation dates or library versions in the files, so regenerating unchanged results is a no-op
+_METADATA = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None}}
 
 
 def _number(text: object) -> float | None:
@@ -42,6 +45,18 @@ def _row_names(table: pd.DataFrame, metric_cols: list[str]) -> list[str]:
     return [" ".join(str(row[c]) for c in label_cols if str(row[c])) for _, row in table.iterrows()]
 
 
+def _constant_model(table: pd.DataFrame) -> str | None:
+    """The one model of a table whose ``Model`` column never changes (named in the title instead)."""
+    if "Model" not in table.columns or len(table) < 2:
+        return None
+    values = {str(v) for v in table["Model"]}
+    return values.pop() if len(values) == 1 else None
+
+
+def _absence_word(text: str) -> str:
+    return "baseline" if text == BASELINE_MARK else text
+
+
 def bar_charts(table: pd.DataFrame, out_dir: Path, title: str = "") -> list[Path]:
     """Write ``<metric>.png`` and ``<metric>.svg`` for every metric of ``table``; returns the paths."""
     import matplotlib
@@ -49,13 +64,17 @@ def bar_charts(table: pd.DataFrame, out_dir: Path, title: str = "") -> list[Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    matplotlib.rcParams["svg.hashsalt"] = "harness"  # stable element ids in the SVGs
+    matplotlib.rcParams["svg.fonttype"] = "none"  # text as text: small, searchable SVGs
+
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = metric_columns(table)
-    names = _row_names(table, metrics)
+    model = _constant_model(table)
+    names = _row_names(table.drop(columns="Model") if model else table, metrics)
     written = []
     for metric in metrics:
         ours = [_number(v) for v in table[metric]]
-        words = ["" if n is not None else str(v) for n, v in zip(ours, table[metric])]
+        words = ["" if n is not None else _absence_word(str(v)) for n, v in zip(ours, table[metric])]
         published_col = f"{metric}{SURVEY_SUFFIX}"
         published = [_number(v) for v in table[published_col]] if published_col in table.columns else None
         width = 0.4 if published else 0.7
@@ -65,20 +84,24 @@ def bar_charts(table: pd.DataFrame, out_dir: Path, title: str = "") -> list[Path
         axis.bar([p + shift for p, v in zip(positions, ours) if v is not None], [v for v in ours if v is not None],
                  width, label="ours", color="#1f77b4")
         if published:
+            label = f"survey {model} (published)" if model else "survey (published)"
             axis.bar([p + width / 2 for p, v in zip(positions, published) if v is not None],
-                     [v for v in published if v is not None], width, label="survey (published)", color="#bbbbbb")
+                     [v for v in published if v is not None], width, label=label, color="#bbbbbb")
         for position, word in zip(positions, words):
             if word:
                 axis.text(position + shift, 0, word, rotation=90, ha="center", va="bottom", fontsize=8, color="#b22222")
         axis.set_xticks(positions)
         axis.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
-        axis.set_ylabel(metric)
-        axis.set_title(f"{title}: {metric}" if title else metric)
-        axis.legend(fontsize=8)
-        figure.tight_layout()
+        axis.set_ylabel(metric.split(" [")[0])  # the protocol stays in the title
+        heading = f"{title}: {metric}" if title else metric
+        axis.set_title(heading, fontsize=10)
+        # headroom above the tallest bar so the legend never covers one
+        top = max([v for v in ours + (published or []) if v is not None] or [1.0])
+        axis.set_ylim(0, top * 1.25 if top > 0 else 1.0)
+        axis.legend(fontsize=8, loc="upper left", ncol=2, frameon=False)
         for suffix in ("png", "svg"):
             path = out_dir / f"{_slug(metric)}.{suffix}"
-            figure.savefig(path, dpi=120)
+            figure.savefig(path, dpi=100, bbox_inches="tight", metadata=_METADATA[suffix])
             written.append(path)
         plt.close(figure)
     return written

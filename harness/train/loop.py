@@ -128,9 +128,11 @@ def _run(config: RunConfig, run_dir: Path, record: RunRecord) -> TrainResult:
         "loss_reduction": LOSS_REDUCTION,
     }
     checkpointer = Checkpointer(run_dir / CHECKPOINT_DIR, keep=config.checkpoint.keep,
-                                async_save=config.checkpoint.async_save, every=config.checkpoint.every)
+                                async_save=config.checkpoint.async_save, every=config.checkpoint.every,
+                              run_config=config)
     abstract = with_shardings(jax.eval_shape(lambda: state), shardings)
-    restored = checkpointer.restore_latest(abstract)
+    # The frozen base is already in memory: an adapter-only restore reuses it, not a second copy.
+    restored = checkpointer.restore_latest(abstract, base=state.rest)
     if restored is not None:
         state = restored.state
         if restored.data_state:
