@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.atomic import write_json_atomic
+from harness.atomic import write_text_atomic as atomic_write_text  # noqa: F401  (re-exported)
 from harness.errors import EvalError
 
 REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -56,26 +56,9 @@ class EvalResult:
         return out
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same directory."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Atomically write ``obj`` as indented JSON (NaN is refused: it is not JSON)."""
-    atomic_write_text(Path(path), json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    write_json_atomic(path, obj, ensure_ascii=False, allow_nan=False)
 
 
 def write_eval_result(result: EvalResult, out_dir: Path, name: str | None = None) -> Path:

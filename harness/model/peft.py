@@ -37,7 +37,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from harness.errors import CheckpointError, ConfigError
-from harness.model.llama import DecoderStack, lora_specs
+from harness.model.llama import DecoderStack
 
 
 class LoRAParam(nnx.Param):

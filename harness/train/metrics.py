@@ -15,11 +15,11 @@ MFU = achieved FLOP/s / (devices x peak dense FLOP/s of one device); the peak co
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from harness.atomic import write_text_atomic as write_atomic
 
 # Peak dense bf16 FLOP/s per device (vendor data sheets; SXM parts for NVIDIA).
 PEAK_FLOPS: dict[str, float] = {
@@ -56,19 +56,6 @@ def train_flops_per_token(config, seq_len: int, *, lora_params: int = 0) -> floa
     attention = 12.0 * config.num_layers * config.num_heads * config.dim_per_head * seq_len
     base_matmul = (full - attention) / 6.0
     return 4.0 * base_matmul + 6.0 * lora_params + attention
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class MetricsLog:
