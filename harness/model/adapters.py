@@ -31,6 +31,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from harness.atomic import write_json_atomic
 from harness.errors import CheckpointError, ConfigError
 from harness.model.peft import TARGETS, LoraConfig, apply_lora, load_lora_state, lora_targets
 
@@ -104,7 +105,7 @@ def save_peft_adapter(model: nnx.Module, directory: str | os.PathLike, *,
         "init_lora_weights": True,
         **_UNSUPPORTED,
     }
-    _atomic(directory / CONFIG_FILE, lambda tmp: tmp.write_text(json.dumps(payload, indent=2) + "\n"))
+    write_json_atomic(directory / CONFIG_FILE, payload)
     return directory
 
 

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from harness.atomic import write_json_atomic
 from harness.errors import CheckpointError
 from harness.model.convert_safetensors import SafetensorsReader, TensorToWrite, write_file
 from harness.model.convert_weights import WeightMap, build_model, hf_tensor, weight_maps
@@ -283,11 +284,11 @@ def save_hf(
             write_file(directory / name, shard)
             weight_map.update({t.name: name for t in shard})
         index = {"metadata": {"total_size": sum(t.nbytes for t in tensors)}, "weight_map": weight_map}
-        _write_json(directory / INDEX_FILE, index)
-    _write_json(directory / "config.json", config_to_hf(model.config, dtype, tokenizer))
+        write_json_atomic(directory / INDEX_FILE, index)
+    write_json_atomic(directory / "config.json", config_to_hf(model.config, dtype, tokenizer))
     if tokenizer is not None:
         tokenizer.save(directory)
-        _write_json(directory / "generation_config.json", _generation_config(tokenizer))
+        write_json_atomic(directory / "generation_config.json", _generation_config(tokenizer))
     return directory
 
 
@@ -295,12 +296,6 @@ def _generation_config(tokenizer) -> dict[str, Any]:
     # Stop on every end-of-turn token, so a chat model's reply ends where the harness's does.
     eos = [i for i in dict.fromkeys([tokenizer.eos_id, *tokenizer.eot_ids]) if i is not None]
     return {"bos_token_id": tokenizer.bos_id, "eos_token_id": eos if len(eos) != 1 else eos[0], "pad_token_id": tokenizer.pad_id}
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def checkpoint_nbytes(directory: str | os.PathLike) -> int:

@@ -24,6 +24,7 @@ from pathlib import Path
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
 from tokenizers import Tokenizer as BackendTokenizer
 
+from harness.atomic import write_json_atomic
 from harness.errors import CheckpointError, ConfigError
 
 DEFAULT_TOKENIZER = "smollm2-135m"
@@ -140,15 +141,9 @@ class Tokenizer:
         }
         if self.chat_template is not None:
             config["chat_template"] = self.chat_template
-        _write_json(directory / "tokenizer_config.json", config)
-        _write_json(directory / "special_tokens_map.json", special)
+        write_json_atomic(directory / "tokenizer_config.json", config, ensure_ascii=False)
+        write_json_atomic(directory / "special_tokens_map.json", special, ensure_ascii=False)
         return directory
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # -- loading -------------------------------------------------------------------------------------
