@@ -75,7 +75,9 @@ def test_adapter_only_checkpoint_leaves_out_the_base_and_restores_it(tmp_path):
     assert not (lora_step / "rest").exists() and (full_step / "rest").is_dir()
     base_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(state.rest))
     saved = dir_bytes(full_step) - dir_bytes(lora_step)
-    assert saved > 0.8 * base_bytes, (saved, base_bytes)  # orbax compresses: the norms (ones) vanish
+    # Orbax compresses, so the saving is below the raw base bytes (0.79-0.9x seen, the norms
+    # being ones); any base array stored elsewhere would bring it near zero.
+    assert saved > 0.5 * base_bytes, (saved, base_bytes)
     recorded = json.loads(next((lora_step / "meta").glob("*")).read_text())
     assert recorded["adapter_only"] is True and recorded["base"]["init"] == "tiny"
     assert set(recorded["base"]["fingerprint"]) >= {"embed", "layers/wq", "lm_head"}
