@@ -197,3 +197,23 @@ def test_cli_grid_and_status(grid, capsys, monkeypatch):
     main(["grid", "status", str(loaded.path), "--runs-dir", str(runs), "--json"])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["state"] for r in rows] == ["done", "missing", "done"]
+
+
+def test_a_multi_node_cell_fails_when_any_task_fails():
+    """A SLURM job of several tasks reports rank 0's outcome, unless another rank failed."""
+    from harness.grid.executors import CellTask, _collect
+    from harness.grid.spec import EvalSpec
+    from harness.grid.stages import CellOutcome
+
+    class FinishedJob:  # submitit's Job.results(): one result per task
+        def __init__(self, per_task):
+            self.per_task = per_task
+
+        def results(self):
+            return self.per_task
+
+    task = CellTask("abc", Path("runs/abc"), EvalSpec())
+    rank0 = CellOutcome("abc", ran=["train", "eval"])
+    rank1_failed = CellOutcome("abc", failed="train", log="runs/abc/logs/train.rank1.log")
+    assert _collect(task, FinishedJob([rank0, CellOutcome("abc", ran=["train"])])) is rank0
+    assert _collect(task, FinishedJob([rank0, rank1_failed])) is rank1_failed

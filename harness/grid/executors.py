@@ -8,6 +8,7 @@ SLURM environment; only task 0 evaluates and writes the grid's records.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -60,8 +61,11 @@ def slurm_cell_job(run_dir: str, cell_id: str, eval_spec: dict[str, Any]) -> Cel
     """The function a SLURM job runs (pickled by submitit): the cell's stages on this task's rank."""
     import submitit
 
-    rank = submitit.JobEnvironment().global_rank
-    return run_cell(Path(run_dir), cell_id, EvalSpec.model_validate(eval_spec), rank=rank,
+    job = submitit.JobEnvironment()
+    node = os.environ.get("SLURMD_NODENAME", job.hostname)
+    # in the task's own log: which node ran which rank (multi-node cells have one task per node)
+    print(f"harness cell {cell_id}: task {job.global_rank} of {job.num_tasks} on node {node}", flush=True)
+    return run_cell(Path(run_dir), cell_id, EvalSpec.model_validate(eval_spec), rank=job.global_rank,
                     env=child_env(Path(run_dir).parent))
 
 
@@ -125,8 +129,6 @@ def run_slurm(tasks: list[CellTask], spec: SlurmSpec, options: SlurmOptions, run
     left the queue without a result (killed, out of time) is a failed cell whose log is the job's
     stderr. Clusters without accounting (no ``sacct``) work the same way.
     """
-    import submitit
-
     if not tasks:
         return []
     resources = options.merged(spec)
@@ -168,12 +170,11 @@ def run_slurm(tasks: list[CellTask], spec: SlurmSpec, options: SlurmOptions, run
 
 
 def _collect(task: CellTask, job) -> CellOutcome:
+    """The cell's outcome from a finished job: rank 0's, unless another rank failed."""
     import submitit
 
     try:
-        outcome = job.result()
+        per_task = job.results()  # one outcome per task (per node of a multi-node cell)
     except (submitit.core.utils.UncompletedJobError, submitit.core.utils.FailedJobError) as exc:
         return CellOutcome(task.cell_id, failed="slurm", log=str(job.paths.stderr), message=str(exc)[-500:])
-    if isinstance(outcome, list):  # multi-task jobs return one outcome per task; rank 0 reports
-        outcome = outcome[0]
-    return outcome
+    return next((outcome for outcome in per_task if not outcome.ok), per_task[0])
