@@ -30,7 +30,8 @@ args = sys.argv[1:]
 with open(os.environ["GRID_TEST_CALLS"], "a") as handle:
     handle.write(json.dumps(args) + "\n")
 with open(os.environ["GRID_TEST_CALLS"] + ".env", "a") as handle:
-    handle.write(json.dumps(os.environ.get("JAX_COMPILATION_CACHE_DIR")) + "\n")
+    handle.write(json.dumps([os.environ.get(k) for k in ("JAX_COMPILATION_CACHE_DIR",
+                                                         "JAX_COMPILATION_CACHE_MAX_SIZE")]) + "\n")
 def put(path, value):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp"); tmp.write_text(json.dumps(value)); os.replace(tmp, path)
@@ -143,9 +144,9 @@ def test_compare_judges_a_baseline_group_in_one_process(grid, monkeypatch):
     assert report.failed[0].log == str(runs / by_data["self_instruct"].id / "logs" / "compare.log")
     assert "simulated judge failure" in Path(report.failed[0].log).read_text()
     assert (runs / by_data["flan"].id / "eval" / "winrate.json").exists()
-    # every stage process shares one jax compilation cache under the runs folder
-    caches = {json.loads(line) for line in Path(f"{calls}.env").read_text().splitlines()}
-    assert caches == {str((runs / ".jax_cache").resolve())}
+    # every stage process shares one bounded jax compilation cache under the runs folder
+    caches = {tuple(json.loads(line)) for line in Path(f"{calls}.env").read_text().splitlines()}
+    assert caches == {(str((runs / ".jax_cache").resolve()), str(4 * 1024**3))}
     monkeypatch.delenv("GRID_TEST_WINRATE_FAIL")
     before = len(_calls(calls))
     report = run_grid(loaded, cells, runs_dir=runs, out_dir=None, progress=lambda m: None)

@@ -254,6 +254,7 @@ def run_winrate_group(run_dirs: list[Path], baseline_dir: Path, compare: Compare
 
 
 COMPILATION_CACHE = ".jax_cache"
+COMPILATION_CACHE_MAX_BYTES = 4 * 1024**3
 
 
 def child_env(runs_dir: Path | None = None) -> dict[str, str]:
@@ -263,11 +264,14 @@ def child_env(runs_dir: Path | None = None) -> dict[str, str]:
     Every cell of a grid compiles the same train step, eval and judge programs; with the
     persistent cache only the first process compiles them (the quickstart's train stage drops
     from ~23 to ~8 CPU seconds per cell). Entries are keyed by program and jax/XLA version, so
-    a stale one is never used.
+    a stale one is never used; the cache is capped at 4 GiB (``JAX_COMPILATION_CACHE_MAX_SIZE``
+    overrides it).
     """
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if runs_dir is not None and not env.get("JAX_COMPILATION_CACHE_DIR"):
         env["JAX_COMPILATION_CACHE_DIR"] = str(Path(runs_dir).resolve() / COMPILATION_CACHE)
         env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
         env.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+        # bounded: jax evicts the least recently used entries past this size
+        env.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(COMPILATION_CACHE_MAX_BYTES))
     return env
