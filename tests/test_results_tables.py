@@ -116,3 +116,14 @@ def test_table_command_on_runs_dir(runs, tmp_path, capsys):
     assert set(tidy["run_id"]) == {"base7", "flan7", "share7", "mix7", "base13"}
     assert json.loads(json.dumps(list(tidy.columns)))  # plain column names, no config.* clutter
     assert not any(c.startswith("config.") for c in tidy.columns)
+
+
+def test_runs_csv_names_run_dirs_relative_to_the_working_directory(runs, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    monkeypatch.chdir(runs.parent)  # the runs are under the working directory: relative paths
+    main(["table", str(runs), "--format", "csv", "--out", str(out)])
+    tidy = pd.read_csv(out / "runs.csv")
+    assert set(tidy["run_dir"]) == {f"{runs.name}/{r}" for r in tidy["run_id"]}
+    monkeypatch.chdir(out)  # elsewhere: left absolute
+    main(["table", str(runs), "--format", "csv", "--out", str(out)])
+    assert set(pd.read_csv(out / "runs.csv")["run_dir"]) == {str(runs / r) for r in tidy["run_id"]}

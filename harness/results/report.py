@@ -46,6 +46,17 @@ def build_table(frame: pd.DataFrame, table_spec: TableSpec, *, rows: Sequence[st
                         model=table_spec.model)
 
 
+def _shown_path(value):
+    """A path under the working directory as a relative one (so a committed runs.csv names no
+    machine's folders); anything else unchanged."""
+    if not isinstance(value, str) or not value:
+        return value
+    try:
+        return str(Path(value).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return value
+
+
 def write_tables(frame: pd.DataFrame, table: pd.DataFrame, out_dir: Path, title: str,
                  formats: Sequence[str] = FORMATS, plots: bool = True) -> list[Path]:
     """Write the table in every format, the tidy frame and the plots; returns the paths."""
@@ -55,7 +66,10 @@ def write_tables(frame: pd.DataFrame, table: pd.DataFrame, out_dir: Path, title:
         path = out_dir / f"table.{fmt}"
         write_atomic(path, render(table, fmt, title=title))
         written.append(path)
-    tidy = frame[[c for c in frame.columns if not c.startswith("config.")]]
+    tidy = frame[[c for c in frame.columns if not c.startswith("config.")]].copy()
+    for column in ("run_dir", "log"):
+        if column in tidy.columns:
+            tidy[column] = tidy[column].map(_shown_path)
     path = out_dir / "runs.csv"
     write_atomic(path, tidy.to_csv(index=False))
     written.append(path)
