@@ -42,8 +42,13 @@ def test_survey_table_beside_published(runs):
 def test_fixed_model_without_model_axis(tmp_path):
     root = tmp_path / "runs"
     make_run(root, "a", {"data": "flan"}, scores={"mmlu": 30.0})
-    table = survey_table(load_runs(root), mixture_axis="data", model="7b")
-    assert table.iloc[0]["MMLU [survey] (published)"] == "38.58"
+    make_run(root, "b", {"data": "sharegpt"}, scores={"mmlu": 31.0},
+             config={"model": {"init": "smollm2-135m"}, "train": {"lr": 2e-5, "steps": 10}})
+    table = survey_table(load_runs(root), mixture_axis="data", model="7b").set_index("Run")
+    assert table.loc["a", "MMLU [survey] (published)"] == "38.58"
+    assert table.loc["b", "MMLU [survey] (published)"] == "38.11"
+    # the cell's own model is named beside the published rows it is set against
+    assert table.loc["a", "Model"] == "7B" and table.loc["b", "Model"] == "smollm2-135m (vs 7B)"
     with pytest.raises(ConfigError, match="no cell has a label for the mixture axis 'mixture'"):
         survey_table(load_runs(root), mixture_axis="mixture")
 
@@ -127,3 +132,14 @@ def test_runs_csv_names_run_dirs_relative_to_the_working_directory(runs, tmp_pat
     monkeypatch.chdir(out)  # elsewhere: left absolute
     main(["table", str(runs), "--format", "csv", "--out", str(out)])
     assert set(pd.read_csv(out / "runs.csv")["run_dir"]) == {str(runs / r) for r in tidy["run_id"]}
+
+
+def test_plot_legend_names_our_model_and_the_published_one(tmp_path):
+    root = tmp_path / "runs"
+    config = {"model": {"init": "smollm2-135m"}, "train": {"lr": 2e-5, "steps": 10}}
+    for run_id, data in (("a", "flan"), ("b", "sharegpt")):
+        make_run(root, run_id, {"data": data}, scores={"mmlu": 30.0}, config=config)
+    table = survey_table(load_runs(root), mixture_axis="data", model="7b")
+    bar_charts(table, tmp_path / "plots", title="demo")
+    svg = (tmp_path / "plots" / "mmlu.svg").read_text()
+    assert "ours (smollm2-135m)" in svg and "survey 7B (published)" in svg

@@ -71,6 +71,9 @@ def bar_charts(table: pd.DataFrame, out_dir: Path, title: str = "") -> list[Path
     metrics = metric_columns(table)
     model = _constant_model(table)
     names = _row_names(table.drop(columns="Model") if model else table, metrics)
+    ours_label, reference = "ours", model
+    if model and (match := re.fullmatch(r"(.+) \(vs (.+)\)", model)):  # "smollm2-135m (vs 7B)"
+        ours_label, reference = f"ours ({match.group(1)})", match.group(2)
     written = []
     for metric in metrics:
         ours = [_number(v) for v in table[metric]]
@@ -82,9 +85,9 @@ def bar_charts(table: pd.DataFrame, out_dir: Path, title: str = "") -> list[Path
         positions = list(range(len(names)))
         shift = -width / 2 if published else 0.0
         axis.bar([p + shift for p, v in zip(positions, ours) if v is not None], [v for v in ours if v is not None],
-                 width, label="ours", color="#1f77b4")
+                 width, label=ours_label, color="#1f77b4")
         if published:
-            label = f"survey {model} (published)" if model else "survey (published)"
+            label = f"survey {reference} (published)" if reference else "survey (published)"
             axis.bar([p + width / 2 for p, v in zip(positions, published) if v is not None],
                      [v for v in published if v is not None], width, label=label, color="#bbbbbb")
         for position, word in zip(positions, words):

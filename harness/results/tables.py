@@ -88,12 +88,22 @@ def _protocols(frame: pd.DataFrame, metric: str) -> str:
     return f" [{', '.join(seen)}]" if seen else ""
 
 
+def _model_name(run: pd.Series, model_key: str, *, from_axis: bool) -> str:
+    """The Model column: the axis label (7B, 13B) or, when every cell is set beside one fixed
+    published model, the cell's own model and that reference ("smollm2-135m (vs 7B)")."""
+    ours = run.get("config.model.init")
+    if from_axis or not isinstance(ours, str) or not ours or ours.lower() == model_key:
+        return model_key.upper()
+    return f"{ours} (vs {model_key.upper()})" if model_key else ours
+
+
 def survey_table(frame: pd.DataFrame, *, mixture_axis: str = "data", model_axis: str | None = None,
                  model: str | None = None, reference: pd.DataFrame | None = None) -> pd.DataFrame:
     """The survey's layout: one row per cell (model x mixture), ours beside the published figure.
 
     ``model_axis`` names the axis whose labels are the reference's model keys (7b, 13b); without
-    one, ``model`` says which published rows to set beside every cell.
+    one, ``model`` says which published rows to set beside every cell, and the Model column names
+    the cell's own model (``model.init``) beside it.
     """
     reference = load_reference() if reference is None else reference
     runs = runs_frame(frame)
@@ -112,7 +122,7 @@ def survey_table(frame: pd.DataFrame, *, mixture_axis: str = "data", model_axis:
         mixture_key = str(run[mixture_col])
         pub = published.get((model_key, mixture_key))
         record: dict[str, Any] = {
-            "Model": model_key.upper() if model_key else "",
+            "Model": _model_name(run, model_key, from_axis=model_col is not None),
             "Mixture": pub.mixture if pub is not None else mixture_key,
         }
         number, text = _run_value(run, "instances", values)
