@@ -49,6 +49,10 @@ def test_fixed_model_without_model_axis(tmp_path):
     assert table.loc["b", "MMLU [survey] (published)"] == "38.11"
     # the cell's own model is named beside the published rows it is set against
     assert table.loc["a", "Model"] == "7B" and table.loc["b", "Model"] == "smollm2-135m (vs 7B)"
+    make_run(root, "c", {"data": "flan"}, scores={"mmlu": 32.0},
+             config={"model": {"init": "hf:/models/llama-7b/"}, "train": {"lr": 2e-5, "steps": 10}})
+    table = survey_table(load_runs(root), mixture_axis="data", model="7b").set_index("Run")
+    assert table.loc["c", "Model"] == "llama-7b (vs 7B)"  # a weights path shows as its folder name
     with pytest.raises(ConfigError, match="no cell has a label for the mixture axis 'mixture'"):
         survey_table(load_runs(root), mixture_axis="mixture")
 

@@ -94,6 +94,8 @@ def _model_name(run: pd.Series, model_key: str, *, from_axis: bool) -> str:
     ours = run.get("config.model.init")
     if from_axis or not isinstance(ours, str) or not ours or ours.lower() == model_key:
         return model_key.upper()
+    if ":" in ours:  # hf:/models/llama-7b, gguf:/x/model.gguf: the folder or file name
+        ours = Path(ours.split(":", 1)[1].rstrip("/")).name.removesuffix(".gguf") or ours
     return f"{ours} (vs {model_key.upper()})" if model_key else ours
 
 
