@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from harness.atomic import write_json_atomic
-from harness.atomic import write_text_atomic as atomic_write_text  # noqa: F401  (re-exported)
 from harness.errors import EvalError
 
 REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {

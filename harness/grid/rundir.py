@@ -16,17 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.atomic import write_text_atomic
-from harness.atomic import write_text_atomic as write_atomic  # noqa: F401  (the grid's name for it)
+from harness.atomic import write_json_atomic
 
 CELL_CONFIG = "cell.yaml"
 GRID_RECORD = "grid.json"
 RUN_RECORD = "run.json"
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Atomically write ``payload`` as indented JSON (values JSON cannot hold become strings)."""
-    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -50,7 +44,7 @@ def update_grid_record(run_dir: Path, **fields: Any) -> dict[str, Any]:
     record.update(fields)
     if stages:
         record.setdefault("stages", {}).update(stages)
-    write_json_atomic(run_dir / GRID_RECORD, record)
+    write_json_atomic(run_dir / GRID_RECORD, record, default=str)
     return record
 
 

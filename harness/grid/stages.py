@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from harness.atomic import write_json_atomic, write_text_atomic
 from harness.grid import rundir
 from harness.grid.spec import CompareSpec, EvalSpec
 
@@ -89,7 +90,7 @@ def prepare_cell(run_dir: Path, cell_id: str, labels: dict[str, str], config: di
     config_path = run_dir / rundir.CELL_CONFIG
     text = yaml.safe_dump(config, sort_keys=False)
     if not config_path.is_file() or config_path.read_text(encoding="utf-8") != text:
-        rundir.write_atomic(config_path, text)
+        write_text_atomic(config_path, text)
     record = rundir.read_grid_record(run_dir)
     wanted = {"id": cell_id, "grid": grid, "labels": labels, "baseline": baseline, "is_baseline": is_baseline}
     if any(record.get(key) != value for key, value in wanted.items()):
@@ -113,7 +114,7 @@ def write_data_stats(run_dir: Path) -> None:
     config = yaml.safe_load((run_dir / rundir.CELL_CONFIG).read_text(encoding="utf-8"))
     mixture = build_mixture(run_config_from_dict(config, str(run_dir / rundir.CELL_CONFIG)).mixture)
     diversity = lexical_diversity(mixture.examples)
-    rundir.write_json_atomic(run_dir / DATA_STATS, {
+    write_json_atomic(run_dir / DATA_STATS, {
         "instances": len(mixture.examples), "counts": mixture.counts,
         "lexical_diversity": diversity.mtld, "lexical_diversity_measure": diversity.to_dict()["measure"],
         "words": diversity.words,

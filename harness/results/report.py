@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.grid.rundir import write_atomic
+from harness.atomic import write_text_atomic
 from harness.grid.spec import Cell, LoadedSpec, TableSpec
 from harness.results.plots import bar_charts
 from harness.results.store import load_runs
@@ -64,14 +64,14 @@ def write_tables(frame: pd.DataFrame, table: pd.DataFrame, out_dir: Path, title:
     written = []
     for fmt in formats:
         path = out_dir / f"table.{fmt}"
-        write_atomic(path, render(table, fmt, title=title))
+        write_text_atomic(path, render(table, fmt, title=title))
         written.append(path)
     tidy = frame[[c for c in frame.columns if not c.startswith("config.")]].copy()
     for column in ("run_dir", "log"):
         if column in tidy.columns:
             tidy[column] = tidy[column].map(_shown_path)
     path = out_dir / "runs.csv"
-    write_atomic(path, tidy.to_csv(index=False))
+    write_text_atomic(path, tidy.to_csv(index=False))
     written.append(path)
     if plots and len(table):
         written += bar_charts(table, out_dir / "plots", title=title)

@@ -23,11 +23,12 @@ from typing import Any
 
 import jax
 
+from harness.atomic import write_text_atomic
 from harness.config import RunConfig, load_run_config
 from harness.errors import ConfigError, HarnessError
 from harness.train import optim, setup
 from harness.train.checkpoint import CHECKPOINT_DIR, Checkpointer
-from harness.train.metrics import MetricsLog, Progress, peak_flops, train_flops_per_token, write_atomic
+from harness.train.metrics import MetricsLog, Progress, peak_flops, train_flops_per_token
 from harness.train.record import RunRecord, git_commit, versions
 from harness.train.step import LOSS_REDUCTION, TrainStep, place_train_state, with_shardings
 
@@ -77,7 +78,7 @@ def train(config: RunConfig, run_dir: str | Path) -> TrainResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_run_dir_config(run_dir, config)
     if main:
-        write_atomic(run_dir / CONFIG_FILE, config.to_yaml())
+        write_text_atomic(run_dir / CONFIG_FILE, config.to_yaml())
     record = RunRecord(run_dir, enabled=main)
     started = time.time()
     record.update(status="running", labels=config.labels, loss_reduction=LOSS_REDUCTION, versions=versions(),
@@ -129,7 +130,7 @@ def _run(config: RunConfig, run_dir: Path, record: RunRecord) -> TrainResult:
     }
     checkpointer = Checkpointer(run_dir / CHECKPOINT_DIR, keep=config.checkpoint.keep,
                                 async_save=config.checkpoint.async_save, every=config.checkpoint.every,
-                              run_config=config)
+                                run_config=config)
     abstract = with_shardings(jax.eval_shape(lambda: state), shardings)
     # The frozen base is already in memory: an adapter-only restore reuses it, not a second copy.
     restored = checkpointer.restore_latest(abstract, base=state.rest)

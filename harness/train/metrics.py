@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.atomic import write_text_atomic as write_atomic
+from harness.atomic import write_text_atomic
 
 # Peak dense bf16 FLOP/s per device (vendor data sheets; SXM parts for NVIDIA).
 PEAK_FLOPS: dict[str, float] = {
@@ -89,7 +89,7 @@ class MetricsLog:
                 continue
             if record.get("step", 0) <= step:
                 kept.append(line)
-        write_atomic(self.path, "".join(f"{line}\n" for line in kept))
+        write_text_atomic(self.path, "".join(f"{line}\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         """Append ``record`` as one line (a single write, flushed)."""

@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from harness.train.metrics import write_atomic
+from harness.atomic import write_json_atomic
 
 RUN_RECORD = "run.json"
 STATUSES = ("pending", "running", "done", "failed")
@@ -73,4 +73,4 @@ class RunRecord:
             self.data.setdefault("timings", {}).update(timings)
         self.data["updated_at"] = time.time()
         if self.enabled:
-            write_atomic(self.path, json.dumps(self.data, indent=2, default=str) + "\n")
+            write_json_atomic(self.path, self.data, default=str)
