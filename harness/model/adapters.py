@@ -33,6 +33,7 @@ from flax import nnx
 
 from harness.atomic import write_json_atomic
 from harness.errors import CheckpointError, ConfigError
+from harness.model.convert_safetensors import TensorToWrite, write_file
 from harness.model.peft import TARGETS, LoraConfig, apply_lora, load_lora_state, lora_targets
 
 CONFIG_FILE = "adapter_config.json"
@@ -75,11 +76,9 @@ def _adapter_config(model: nnx.Module) -> LoraConfig:
 def save_peft_adapter(model: nnx.Module, directory: str | os.PathLike, *,
                       base_model_name_or_path: str | None = None) -> Path:
     """Write ``model``'s LoRA adapters as a PEFT adapter directory (float32) and return it."""
-    from safetensors.numpy import save_file
-
     config = _adapter_config(model)
     layers = model.layers
-    tensors: dict[str, np.ndarray] = {}
+    tensors: list[TensorToWrite] = []
     for projection in lora_targets(model):
         target = _PROJECTION_TARGET[projection]
         a = np.asarray(jax.device_get(getattr(layers, f"lora_a_{projection}")[...]), np.float32)
@@ -88,11 +87,12 @@ def save_peft_adapter(model: nnx.Module, directory: str | os.PathLike, *,
         a2 = a.reshape(num_layers, -1, rank)  # [L, in, r]
         b2 = b.reshape(num_layers, rank, -1)  # [L, r, out]
         for i in range(num_layers):
-            tensors[_key(i, target, "A")] = np.ascontiguousarray(a2[i].T)
-            tensors[_key(i, target, "B")] = np.ascontiguousarray(b2[i].T)
+            for matrix, value in (("A", a2[i].T), ("B", b2[i].T)):
+                tensors.append(TensorToWrite(_key(i, target, matrix), np.dtype(np.float32), value.shape,
+                                             lambda value=value: value))
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    _atomic(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    write_file(directory / WEIGHTS_FILE, tensors)  # atomic, metadata {"format": "pt"}
     payload = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -107,12 +107,6 @@ def save_peft_adapter(model: nnx.Module, directory: str | os.PathLike, *,
     }
     write_json_atomic(directory / CONFIG_FILE, payload)
     return directory
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def read_peft_config(directory: str | os.PathLike) -> LoraConfig:
