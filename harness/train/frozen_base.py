@@ -8,9 +8,8 @@ the seed, and per base tensor its shape, dtype, sum and sum of absolute values. 
 the base (or takes the one the caller already built) and compares the fingerprint, so adapters are
 never silently put onto a different base (an edited ``hf:`` directory, another seed or model).
 
-Presets are always rebuilt through the jitted, sharded initialiser (a one-device mesh when the
-caller gives none): that program gives bitwise the same weights on any mesh, whereas the eager
-initialiser differs from it in the last bits.
+Presets are rebuilt by the same eager initialiser the run used (``loading.init_model``: values
+drawn from the seed, then placed), so a seed gives bitwise the same base on any mesh.
 """
 
 from __future__ import annotations
@@ -128,25 +127,12 @@ def check_fingerprint(expected: dict[str, dict[str, Any]], actual: dict[str, dic
             )
 
 
-def _single_device_mesh():
-    from harness.model.sharding import MeshShape, make_mesh
-
-    return make_mesh(MeshShape(data=1, fsdp=1, tensor=1), devices=jax.local_devices()[:1])
-
-
 def load_base_model(init: str, *, param_dtype: str, seed: int, mesh=None):
-    """The model ``model.init`` gives (what ``harness.train.setup.build_model`` loads before any
-    numerics or adapters), placed on ``mesh`` (default: one device)."""
-    from harness.train.checkpoint import is_run_or_checkpoint, load_from_run
+    """The model ``model.init`` gives (``harness.train.setup.load_init``: before any numerics or
+    adapters), placed on ``mesh`` (default: the first device)."""
+    from harness.train.setup import load_init
 
-    mesh = mesh if mesh is not None else _single_device_mesh()
-    if is_run_or_checkpoint(init):
-        model, _ = load_from_run(init, dtype=param_dtype, mesh=mesh)
-    else:
-        from harness.model.loading import load_model
-
-        model, _ = load_model(init, dtype=param_dtype, mesh=mesh, seed=seed)
-    return model
+    return load_init(init, param_dtype=param_dtype, seed=seed, mesh=mesh)[0]
 
 
 def _mesh_of(abstract: nnx.State):

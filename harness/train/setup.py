@@ -55,31 +55,24 @@ def _with_numerics(model, config: RunConfig):
     return model
 
 
+def load_init(init: str, *, param_dtype: str, seed: int, mesh: Mesh | None = None):
+    """(model, tokenizer or None) that a ``model.init`` names: an earlier run or checkpoint, a
+    preset (random init from ``seed``), ``hf:`` or ``gguf:`` weights, in ``param_dtype``; with
+    ``mesh`` placed (or streamed) onto it. No numerics overrides, no adapters."""
+    from harness.model.loading import load_model
+    from harness.train.checkpoint import is_run_or_checkpoint, load_from_run
+
+    if is_run_or_checkpoint(init):
+        return load_from_run(init, dtype=param_dtype, mesh=mesh)
+    return load_model(init, dtype=param_dtype, mesh=mesh, seed=seed)
+
+
 def build_model(config: RunConfig, *, seed: int, mesh: Mesh | None = None):
     """(model, tokenizer or None) for ``model.init`` with the run's dtypes, remat and LoRA.
 
-    With ``mesh`` the weights are created (or loaded) already sharded: random presets are
-    initialised by one jitted program, not one eager dispatch per parameter.
+    With ``mesh`` the weights are created (or loaded) already sharded.
     """
-    from harness.train.checkpoint import is_run_or_checkpoint, load_from_run
-
-    init = config.model.init
-    tokenizer = None
-    if is_run_or_checkpoint(init):
-        model, tokenizer = load_from_run(init, dtype=config.model.param_dtype, mesh=mesh)
-    else:
-        try:
-            from harness.model.loading import load_model
-        except ModuleNotFoundError as exc:
-            if exc.name != "harness.model.loading":
-                raise
-            load_model = None
-        if load_model is not None:
-            model, tokenizer = load_model(init, dtype=config.model.param_dtype, mesh=mesh, seed=seed)
-        else:  # presets only, until the loaders exist
-            from harness.model.llama import Llama, get_config
-
-            model = Llama(get_config(init, param_dtype=config.model.param_dtype), rngs=nnx.Rngs(seed))
+    model, tokenizer = load_init(config.model.init, param_dtype=config.model.param_dtype, seed=seed, mesh=mesh)
     model = _with_numerics(model, config)
     if config.peft.method == "lora" and not _has_lora(model):
         from harness.model.peft import LoraConfig, apply_lora
