@@ -153,8 +153,7 @@ class Checkpointer:
         if adapter_only:
             abstract_base, trees["rest"] = split_base(abstract.rest)
         items = {name: ocp.args.StandardRestore(tree) for name, tree in trees.items() if _has_arrays(tree)}
-        items["data"] = ocp.args.JsonRestore()
-        items["meta"] = ocp.args.JsonRestore()
+        items["data"] = ocp.args.JsonRestore()  # meta was read above: not restored a second time
         out = self.manager.restore(step, args=ocp.args.Composite(**items))
         restored = {name: out[name] if name in items else trees[name] for name in STATE_ITEMS}
         if adapter_only:
@@ -162,7 +161,7 @@ class Checkpointer:
             spec = BaseSpec.from_meta(meta, where)
             restored["rest"] = join_base(restore_base(spec, abstract_base, where, given=base), restored["rest"])
         data = out["data"] or None
-        return Restored(step=step, state=_join_state(restored), data_state=data, meta=dict(out["meta"] or {}))
+        return Restored(step=step, state=_join_state(restored), data_state=data, meta=meta)
 
     def restore_latest(self, abstract: TrainState, base=None) -> Restored | None:
         """The newest readable checkpoint (older ones if the newest is corrupt), or None if none.
