@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.results.tables import BASELINE_MARK, split_model_name
+
 SURVEY_SUFFIX = " (published)"
-BASELINE_MARK = "/*"
 # no creation dates or library versions in the files, so regenerating unchanged results is a no-op
 _METADATA = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None}}
 
@@ -71,9 +72,8 @@ def bar_charts(table: pd.DataFrame, out_dir: Path, title: str = "") -> list[Path
     metrics = metric_columns(table)
     model = _constant_model(table)
     names = _row_names(table.drop(columns="Model") if model else table, metrics)
-    ours_label, reference = "ours", model
-    if model and (match := re.fullmatch(r"(.+) \(vs (.+)\)", model)):  # "smollm2-135m (vs 7B)"
-        ours_label, reference = f"ours ({match.group(1)})", match.group(2)
+    ours_model, reference = split_model_name(model) if model else (None, None)
+    ours_label = f"ours ({ours_model})" if ours_model else "ours"
     written = []
     for metric in metrics:
         ours = [_number(v) for v in table[metric]]

@@ -22,6 +22,8 @@ from harness.results.store import label_columns, runs_frame
 REFERENCE_CSV = Path(__file__).resolve().parents[2] / "results" / "reference" / "survey_table10.csv"
 FORMATS = ("md", "csv", "tex", "html")
 BASELINE_MARK = "/*"
+# the Model column of cells set beside one fixed published model: "smollm2-135m (vs 7B)"
+_MODEL_VS = re.compile(r"(.+) \(vs (.+)\)")
 # Survey column -> (metric name in eval/<task>.json or train figure, header).
 SURVEY_METRICS = (("lexical_diversity", "Lexical diversity"), ("winrate", "AlpacaFarm win %"),
                   ("mmlu", "MMLU"), ("bbh", "BBH"))
@@ -97,6 +99,13 @@ def _model_name(run: pd.Series, model_key: str, *, from_axis: bool) -> str:
     if ":" in ours:  # hf:/models/llama-7b, gguf:/x/model.gguf: the folder or file name
         ours = Path(ours.split(":", 1)[1].rstrip("/")).name.removesuffix(".gguf") or ours
     return f"{ours} (vs {model_key.upper()})" if model_key else ours
+
+
+def split_model_name(name: str) -> tuple[str | None, str]:
+    """(our model, published model) of a Model column value: ``"smollm2-135m (vs 7B)"`` gives
+    ``("smollm2-135m", "7B")``; a plain ``"7B"`` (ours is the published model) gives ``(None, "7B")``."""
+    match = _MODEL_VS.fullmatch(name)
+    return (match.group(1), match.group(2)) if match else (None, name)
 
 
 def survey_table(frame: pd.DataFrame, *, mixture_axis: str = "data", model_axis: str | None = None,
