@@ -30,3 +30,16 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real public samples not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory):
+    """(root, jax cache) of one uninterrupted 4-device run of experiments/train_tiny.yaml at
+    ``root / "reference"``, shared by test_train_resume and test_multihost."""
+    from test_train_resume import harness_env, run_train
+
+    root = tmp_path_factory.mktemp("resume")
+    cache = root / "cache"
+    result = run_train(root / "reference", harness_env(cache))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root, cache

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from test_train_resume import CONFIG, REPO, harness_env, metrics, reference_run  # noqa: F401 (fixture)
+from test_train_resume import CONFIG, REPO, harness_env, metrics
 
 
 def free_port() -> int:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import pytest
 
 from harness.train.checkpoint import load_from_run
 
@@ -42,24 +41,6 @@ def run_train(run_dir: Path, env: dict[str, str], *overrides: str) -> subprocess
 def metrics(run_dir: Path) -> dict[int, dict]:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return {r["step"]: r for r in map(json.loads, lines)}
-
-
-_REFERENCE: dict[str, tuple[Path, Path]] = {}
-
-
-@pytest.fixture(scope="session")
-def reference_run(tmp_path_factory):
-    """An uninterrupted 4-device run of experiments/train_tiny.yaml, made once per session.
-
-    test_multihost imports this fixture; the module-level memo makes both modules share one run.
-    """
-    if "run" not in _REFERENCE:
-        root = tmp_path_factory.mktemp("resume")
-        cache = root / "cache"
-        result = run_train(root / "reference", harness_env(cache))
-        assert result.returncode == 0, result.stderr[-3000:]
-        _REFERENCE["run"] = (root, cache)
-    return _REFERENCE["run"]
 
 
 def test_sigkill_then_resume_is_exact(reference_run):
