@@ -111,10 +111,10 @@ def winrate_command(
     if len(runs) <= 1:
         winrate_cli.main(args)
         return
-    _winrate_many(args, runs, winrate_cli)
+    _winrate_many(args, runs)
 
 
-def _winrate_many(args, runs: list[Path], winrate_cli) -> None:
+def _winrate_many(args, runs: list[Path]) -> None:
     """Judge several runs against one baseline with one judge (a local judge is loaded once).
 
     A run that fails is reported and the others are still judged; the command then fails naming
@@ -124,6 +124,7 @@ def _winrate_many(args, runs: list[Path], winrate_cli) -> None:
     import sys
 
     from harness.errors import EvalError, HarnessError
+    from harness.eval import winrate_cli
 
     if any(value is not None for value in (args.out, args.model_outputs, args.cache, args.annotations)):
         raise EvalError("several RUNs: --out, --model-outputs, --cache and --annotations name one run's files; "
